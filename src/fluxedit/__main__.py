@@ -1,0 +1,3 @@
+from fluxedit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""Settings: the one place for knobs. Every field reads env `FLUXEDIT_<NAME>`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".fluxedit"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLUXEDIT_", extra="ignore")
+
+    # --- where things live -------------------------------------------------
+    data_dir: Path = Field(default_factory=default_data_dir, description="Jobs DB, outputs, uploads, tiny model cache.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/fluxedit.db.")
+    broker_url: str | None = Field(None, description="None: in-process workers. redis://...: Celery.")
+    storage_url: str | None = Field(None, description="None: <data_dir>/files. s3://bucket/prefix: S3.")
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_presign: bool = Field(True, description="Presigned bucket URLs; False: serve outputs through the API.")
+
+    # --- the API -------------------------------------------------------------
+    public_url: str | None = Field(None, description="Base URL in answers; default: the request's base URL.")
+    secret_key: str | None = Field(None, description="HMAC secret for signed file URLs; default: generated into data_dir.")
+    url_expiry_s: int = Field(24 * 3600, ge=60)
+    sweep_interval_s: float = Field(600.0, gt=0)
+    max_queued_per_model: int = Field(100, ge=1)
+    max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    allow_unauthenticated: bool = Field(False, description="Only honoured on a loopback bind.")
+
+    # --- inputs ----------------------------------------------------------------
+    max_image_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(64_000_000, ge=1)
+    fetch_connect_timeout_s: float = Field(5.0, gt=0)
+    fetch_total_timeout_s: float = Field(30.0, gt=0)
+    fetch_max_redirects: int = Field(5, ge=0)
+    fetch_allow: list[str] = Field(
+        default_factory=list,
+        description="Hosts or networks (CIDR) inside the network that image URLs may reach.",
+    )
+
+    # --- jobs ------------------------------------------------------------------
+    max_attempts: int = Field(3, ge=1)
+    lease_s: float = Field(60.0, gt=0, description="A running job's lease; renewed by its worker's heartbeat.")
+
+    # --- engines -----------------------------------------------------------------
+    device: str | None = Field(None, description="cuda, cpu, ...; default: cuda if available.")
+    cpu_offload: bool = False
+    default_steps: int | None = Field(None, ge=1, le=100, description="None: the model's own default.")
+    guidance_scale: float | None = None
+
+    # --- Black Forest Labs' hosted API --------------------------------------------
+    bfl_api_key: str | None = Field(None, repr=False)
+    bfl_region: str = Field("global", pattern="^(global|eu|us)$")
+    bfl_max_concurrent: int = Field(24, ge=1)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'fluxedit.db'}"
+
+    @property
+    def tiny_model_dir(self) -> Path:
+        return self.data_dir / "models" / "tiny-klein"

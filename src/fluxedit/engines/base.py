@@ -1,0 +1,45 @@
+"""The Engine protocol: what every backend (diffusers, BFL's API, ...) offers.
+
+An engine knows nothing of HTTP, jobs or storage: decoded reference images in,
+PIL images out, with a progress callback that can ask it to stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from PIL import Image
+
+# Called after each denoising step with (step, total), step counting from 1.
+# Returning True asks the engine to stop; it then raises EditCancelled.
+ProgressCallback = Callable[[int, int], bool]
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    prompt: str
+    images: list[Image.Image]  # RGB references, already decoded and bounded
+    width: int
+    height: int
+    seed: int = 0
+    steps: int | None = None  # None: the engine's default for its model
+    guidance: float | None = None
+    output_format: str = "jpeg"  # only hosted engines care; local ones return pixels
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    kind: str  # "diffusers", "bfl", ...
+    max_references: int
+
+    @property
+    def loaded(self) -> bool: ...
+
+    def load(self) -> None:
+        """Load weights / open connections. Idempotent."""
+
+    def edit(self, request: EditRequest, progress: ProgressCallback | None = None) -> list[Image.Image]:
+        """Run one edit. Raises EditCancelled when progress asked to stop."""

@@ -1,0 +1,230 @@
+"""The wire models: one source for validation, OpenAPI, the client and the playground."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+from fluxedit import sizes
+from fluxedit.errors import InvalidInput
+
+MAX_REFERENCES = 10
+MAX_PROMPT_CHARS = 10_000
+MAX_URL_CHARS = 8_192
+# A data: URI carries the image itself: bounded here, the decoder enforces the byte cap.
+MAX_DATA_URI_CHARS = 70 * 1024 * 1024
+
+ImageSizeName = Literal["auto", "square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
+OutputFormat = Literal["jpeg", "png"]
+
+
+class CustomImageSize(BaseModel):
+    """A custom output size: each side >= 64 (rounded down to a multiple of 16), at most 4 MP."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = Field(..., ge=sizes.MIN_SIDE, le=65536, examples=[1024])
+    height: int = Field(..., ge=sizes.MIN_SIDE, le=65536, examples=[768])
+
+    @model_validator(mode="after")
+    def _bounded(self) -> CustomImageSize:
+        try:
+            sizes.custom_size(self.width, self.height)
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
+        return self
+
+
+def _size_kind(value: object) -> str:
+    return "custom" if isinstance(value, (dict, CustomImageSize)) else "name"
+
+
+# Tagged so that a bad value gets the one error of its own form, not one per branch.
+ImageSize = Annotated[
+    Annotated[ImageSizeName, Tag("name")] | Annotated[CustomImageSize, Tag("custom")],
+    Discriminator(_size_kind),
+]
+
+
+def _image_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a reference, or None when its form is fine (fetching comes later)."""
+    lower = url[:16].lower()
+    if lower.startswith("data:"):
+        if len(url) > MAX_DATA_URI_CHARS:
+            return "data: URI is larger than the 50 MB image limit"
+        if not lower.startswith("data:image/") or ";base64," not in url[:200]:
+            return "data: URI must be a base64 image (data:image/...;base64,...)"
+        return None
+    if len(url) > MAX_URL_CHARS:
+        return f"URL is longer than {MAX_URL_CHARS} characters"
+    if not (lower.startswith("http://") or lower.startswith("https://")):
+        scheme = url.split(":", 1)[0] if ":" in url else url[:20]
+        return f"scheme {scheme!r} is not allowed; use an https:// or http:// URL, a data: URI or an uploaded file's URL"
+    return None
+
+
+class EditInput(BaseModel):
+    """Input of every `.../edit` model: a prompt and 1 to 10 reference images."""
+
+    # Unknown fields are ignored so that clients of the hosted APIs (which send
+    # e.g. sync_mode) work unchanged.
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, description="What to do with the references.")
+    image_urls: list[str] = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_REFERENCES,
+        description="1 to 10 references: https/http URLs, data: URIs or URLs from POST /v1/files. "
+        'The first sets the "auto" size.',
+    )
+    image_size: ImageSize = Field(
+        "auto",
+        description="A preset, \"auto\" (the first reference's aspect ratio at about 1 MP) or {width, height}.",
+    )
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Same seed, same inputs: same image.")
+    output_format: OutputFormat = "jpeg"
+    # fluxedit extensions, not in the hosted schema:
+    num_inference_steps: int | None = Field(None, ge=1, le=100, description="Denoising steps; default: the model's.")
+    guidance_scale: float | None = Field(None, ge=0.0, le=20.0, description="Guidance; default: the model's.")
+    # Passed to hosted BFL models, ignored by local ones.
+    safety_tolerance: int | None = Field(None, ge=0, le=6)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must not be blank")
+        return value
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _known_size_name(cls, value: object) -> object:
+        if isinstance(value, str) and value not in sizes.SIZE_NAMES:
+            raise ValueError(
+                f"{value!r} is not a known size; use one of {', '.join(sizes.SIZE_NAMES)} "
+                'or {"width": W, "height": H}'
+            )
+        return value
+
+    @field_validator("image_urls")
+    @classmethod
+    def _urls_have_allowed_form(cls, urls: list[str]) -> list[str]:
+        for index, url in enumerate(urls):
+            problem = _image_url_problem(url)
+            if problem:
+                raise ValueError(f"image_urls[{index}]: {problem}")
+        return urls
+
+    def output_size(self, first_reference: tuple[int, int]) -> tuple[int, int]:
+        size = self.image_size
+        if isinstance(size, CustomImageSize):
+            return sizes.custom_size(size.width, size.height)
+        return sizes.resolve_size(size, first_reference)
+
+
+class JobState(str, Enum):
+    in_queue = "in_queue"
+    in_progress = "in_progress"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.completed, JobState.failed, JobState.cancelled)
+
+
+class SubmitResponse(BaseModel):
+    request_id: str
+    status: JobState = JobState.in_queue
+    status_url: str
+    result_url: str
+    cancel_url: str
+
+
+class Progress(BaseModel):
+    step: int = Field(..., description="Denoising steps done.")
+    total: int = Field(..., description="Denoising steps in all.")
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    index: int | None = Field(None, description="Which image_urls entry, for input errors.")
+
+
+class Timings(BaseModel):
+    queue_s: float | None = None
+    inference_s: float | None = None
+    total_s: float | None = None
+
+
+class StatusResponse(BaseModel):
+    request_id: str
+    model_id: str
+    status: JobState
+    queue_position: int | None = Field(None, description="Jobs ahead of this one, while in_queue.")
+    progress: Progress | None = None
+    error: JobError | None = None
+    attempts: int = 0
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    status_url: str
+    result_url: str
+    cancel_url: str
+
+
+class EditOutput(BaseModel):
+    images: list[str] = Field(..., description="URLs of the edited images.")
+
+
+class ResultResponse(StatusResponse):
+    """Status plus, once completed, the outputs."""
+
+    output: EditOutput | None = None
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    timings: Timings | None = None
+    input: dict | None = Field(None, description="The input as submitted.")
+
+
+class RequestList(BaseModel):
+    requests: list[ResultResponse]
+    next_cursor: str | None = None
+
+
+class ModelInfo(BaseModel):
+    id: str
+    engine: Literal["diffusers", "bfl", "tiny"] | str
+    source: str = Field(..., description="Where the weights or the service come from.")
+    loaded: bool
+    max_references: int
+    queued: int = 0
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class FileUploadResponse(BaseModel):
+    url: str
+    content_type: str
+    size: int
+    expires_at: datetime
+
+
+class ErrorDetail(BaseModel):
+    code: Annotated[str, Field(description="Stable, machine-readable.")]
+    message: Annotated[str, Field(description="A sentence for people.")]
+    field: str | None = None
+    index: int | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
