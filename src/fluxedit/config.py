@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     s3_presign: bool = Field(True, description="Presigned bucket URLs; False: serve outputs through the API.")
+    s3_addressing_style: str = Field(
+        "auto", pattern="^(auto|path|virtual)$", description="path for MinIO and most self-hosted stores."
+    )
 
     # --- the API -------------------------------------------------------------
     public_url: str | None = Field(None, description="Base URL in answers; default: the request's base URL.")
