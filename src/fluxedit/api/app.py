@@ -20,7 +20,7 @@ from fluxedit.jobs.dispatch import Dispatcher
 from fluxedit.jobs.store import JobStore, KeyStore
 from fluxedit.storage import open_storage
 from fluxedit.storage.base import Storage
-from fluxedit.storage.signing import UrlSigner, load_secret
+from fluxedit.storage.signing import UrlSigner
 
 log = logging.getLogger("fluxedit.api")
 
@@ -70,8 +70,8 @@ def build_services(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(settings.resolved_database_url)
     store.create_schema()
-    signer = UrlSigner(load_secret(settings), settings.url_expiry_s)
-    storage = open_storage(settings)
+    signer = UrlSigner.from_settings(settings)
+    storage = open_storage(settings, signer)
     served = {m.id: m for m in models}
     dispatcher = dispatcher_factory(store, served, storage) if dispatcher_factory else None
     return Services(

@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from fluxedit.api.auth import require_key
 from fluxedit.errors import FluxeditError, InvalidInput
 from fluxedit.jobs.store import Job
+from fluxedit.storage import guess_content_type
 from fluxedit.schema import (
     EditInput,
     EditOutput,
@@ -237,5 +238,4 @@ def serve_file(request: Request, key: str, expires: int = 0, sig: str = "") -> R
         data = services.storage.get(key)
     except FileNotFoundError:
         raise NotFound("This file has expired and was removed.") from None
-    media = {"png": "image/png", "webp": "image/webp"}.get(key.rsplit(".", 1)[-1], "image/jpeg")
-    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+    return Response(data, media_type=guess_content_type(key), headers={"Cache-Control": "private, max-age=3600"})
