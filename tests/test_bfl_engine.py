@@ -11,7 +11,7 @@ from PIL import Image
 
 from fluxedit.config import Settings
 from fluxedit.engines.base import EditRequest, Engine
-from fluxedit.engines.bfl import BflEngine, check_result_address
+from fluxedit.engines.bfl import BflEngine, check_result_address, make_slots
 from fluxedit.errors import EditCancelled, FluxeditError, InvalidInput, ModelUnavailable
 
 
@@ -238,3 +238,20 @@ def test_regions_and_models(tmp_path):
     assert BflEngine("flux-2-pro", Settings(data_dir=tmp_path)).base_url == "https://api.bfl.ai"
     with pytest.raises(ModelUnavailable, match="flux-2-pro, flux-2-flex, flux-2-max"):
         BflEngine("flux-2-dev", settings)
+
+
+def test_shared_slot_bound_holds_back_the_submit_and_still_honours_stop(fake_bfl, bfl_settings):
+    settings = bfl_settings.model_copy(update={"bfl_max_concurrent": 1})
+    slots = make_slots(settings)
+    pro, flex = BflEngine("flux-2-pro", settings, slots=slots), BflEngine("flux-2-flex", settings, slots=slots)
+    assert slots.acquire(blocking=False)  # the one slot is taken, as by a task in flight for the same key
+    waits: list[tuple[int, int]] = []
+
+    with pytest.raises(EditCancelled):
+        pro.edit(edit_request(), lambda step, total: waits.append((step, total)) or True)
+    assert waits == [(0, 100)] and fake_bfl.submits == []
+
+    slots.release()
+    flex.edit(edit_request())
+    pro.edit(edit_request())
+    assert [s["model"] for s in fake_bfl.accepted] == ["flux-2-flex", "flux-2-pro"]

@@ -88,7 +88,6 @@ _MAX_BACKOFF_S = 5.0
 _MAX_REDIRECTS = 3
 _MAX_DETAIL_CHARS = 300
 _TIMEOUT = httpx.Timeout(60.0, connect=10.0)
-_FLEX_ONLY = ("steps", "guidance")
 
 
 class UpstreamError(FluxeditError):
