@@ -104,6 +104,8 @@ def _reason(exc: BaseException) -> str:
         why = "offline mode (HF_HUB_OFFLINE) is on" if is_offline_mode() else "the Hub could not be reached"
         return f"its weights are not in the local Hugging Face cache and {why}"
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, ImportError):
+        return f"a library it needs is missing ({detail})"
     return f"its weights could not be loaded ({detail})"
 
 
@@ -181,6 +183,7 @@ class Flux2Engine:
 
     @property
     def defaults(self) -> ModelDefaults:
+        """The model's default steps and guidance (loads the model)."""
         self.load()
         return model_defaults(self.pipe)
 
@@ -212,9 +215,12 @@ class Flux2Engine:
         with self._lock:
             try:
                 images = self.pipe(**kwargs, callback_on_step_end=on_step_end).images
-            except _Stop as stop:
-                self.pipe.maybe_free_model_hooks()  # what the pipeline does at its end (CPU offload)
-                raise EditCancelled(f"The edit was cancelled after step {stop.args[0]} of {steps}.") from None
+            except BaseException as exc:
+                # The pipeline offloads its models (with cpu_offload) only when it finishes.
+                self.pipe.maybe_free_model_hooks()
+                if isinstance(exc, _Stop):
+                    raise EditCancelled(f"The edit was cancelled after step {exc.args[0]} of {steps}.") from None
+                raise
         return images
 
     def _check(self, request: EditRequest) -> None:

@@ -42,7 +42,7 @@ from diffusers import (
     Flux2Pipeline,
     Flux2Transformer2DModel,
 )
-from tokenizers import pre_tokenizers
+from tokenizers import AddedToken, pre_tokenizers
 from transformers import (
     Mistral3Config,
     Mistral3ForConditionalGeneration,
@@ -64,17 +64,17 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # {"type": "text", "text": ...} parts ([dev]); `enable_thinking` is accepted
 # as Qwen3's own template does.
 CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "<|im_start|>{{ message.role }}\n"
-    "{%- if message.content is string -%}{{ message.content }}"
-    "{%- else -%}{%- for part in message.content -%}"
-    "{%- if part.type == 'text' -%}{{ part.text }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "<|im_end|>\n"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant\n"
-    "{%- if enable_thinking is defined and not enable_thinking -%}<think>\n\n</think>\n\n{%- endif -%}"
-    "{%- endif -%}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message.role + '\\n' }}"
+    "{% if message.content is string %}{{ message.content }}"
+    "{% else %}{% for part in message.content %}"
+    "{% if part.type == 'text' %}{{ part.text }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and not enable_thinking %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}"
+    "{% endif %}"
 )
 
 
@@ -84,6 +84,7 @@ def build_tiny_tokenizer() -> Qwen2TokenizerFast:
     for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[char] = len(vocab)
     tokenizer = Qwen2TokenizerFast(vocab=vocab, merges=[], model_max_length=512)
+    tokenizer.add_tokens([AddedToken(token, special=True) for token in SPECIAL_TOKENS])
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -163,18 +164,19 @@ def build_tiny_pipeline(variant: TinyVariant = "klein", seed: int = 0) -> Diffus
     """A tiny random FLUX.2 pipeline (noise out, not edits): "klein", "klein-kv" or "dev"."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown tiny variant {variant!r}; use one of {', '.join(VARIANTS)}")
-    torch.manual_seed(seed)
-    common = dict(
-        vae=build_tiny_vae(),
-        scheduler=build_tiny_scheduler(),
-        tokenizer=build_tiny_tokenizer(),
-        transformer=build_tiny_transformer(guidance_embeds=variant == "dev"),
-    )
-    if variant == "dev":
-        return Flux2Pipeline(text_encoder=build_tiny_mistral3(), **common)
-    pipeline_class = Flux2KleinKVPipeline if variant == "klein-kv" else Flux2KleinPipeline
-    # Like [klein] 4B/9B (not the -base models): step-distilled, 4 steps, no CFG.
-    return pipeline_class(text_encoder=build_tiny_qwen3(), is_distilled=True, **common)
+    with torch.random.fork_rng(devices=[]):  # seed the weights without touching the caller's RNG
+        torch.manual_seed(seed)
+        common = dict(
+            vae=build_tiny_vae(),
+            scheduler=build_tiny_scheduler(),
+            tokenizer=build_tiny_tokenizer(),
+            transformer=build_tiny_transformer(guidance_embeds=variant == "dev"),
+        )
+        if variant == "dev":
+            return Flux2Pipeline(text_encoder=build_tiny_mistral3(), **common)
+        pipeline_class = Flux2KleinKVPipeline if variant == "klein-kv" else Flux2KleinPipeline
+        # Like [klein] 4B/9B (not the -base models): step-distilled, 4 steps, no CFG.
+        return pipeline_class(text_encoder=build_tiny_qwen3(), is_distilled=True, **common)
 
 
 def save_tiny_model(variant: TinyVariant, folder: str | os.PathLike) -> Path:
