@@ -144,7 +144,12 @@ class _Stop(Exception):
 
 
 class Flux2Engine:
-    """One FLUX.2 model on diffusers. Loads lazily; `pipe` is the diffusers pipeline once loaded."""
+    """One FLUX.2 model on diffusers.
+
+    Loads lazily (`load()`, `loaded`). Once loaded, `pipe` is the diffusers
+    pipeline itself, so speed options (compile, quantization, caching) can be
+    applied to it from outside without this class knowing them.
+    """
 
     kind = "diffusers"
     max_references = 10

@@ -180,14 +180,14 @@ def build_tiny_pipeline(variant: TinyVariant = "klein", seed: int = 0) -> Diffus
 
 
 def save_tiny_model(variant: TinyVariant, folder: str | os.PathLike) -> Path:
-    """Build a tiny model and save it as a diffusers folder (model_index.json, ...)."""
+    """Build a tiny model (noise, not edits) and save it as a diffusers folder (model_index.json, ...)."""
     folder = Path(folder)
     build_tiny_pipeline(variant).save_pretrained(folder)
     return folder
 
 
 def ensure_tiny_model(settings: Settings) -> Path:
-    """The tiny [klein] in settings.tiny_model_dir, built there on first use.
+    """The tiny [klein] (noise, not edits) in settings.tiny_model_dir, built there on first use.
 
     Built into a temporary folder next to it and renamed into place, so a
     crash or a concurrent builder never leaves a half-written model behind.
