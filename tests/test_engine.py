@@ -14,7 +14,7 @@ from fluxedit.engines.flux2 import Flux2Engine
 from fluxedit.engines.registry import STANDARD_MODEL_IDS, make_engine, parse_model_spec
 from fluxedit.engines.tiny import build_tiny_pipeline, ensure_tiny_model, save_tiny_model
 from fluxedit.errors import EditCancelled, InvalidInput, ModelUnavailable
-from tests._fixtures_engine import reference_image
+from _fixtures_engine import reference_image
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
