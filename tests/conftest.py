@@ -1,0 +1,1 @@
+pytest_plugins = ["_fixtures_jobs"]
