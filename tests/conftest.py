@@ -1,1 +1,1 @@
-pytest_plugins = ["_fixtures_jobs"]
+pytest_plugins = ["_fixtures_server", "_fixtures_cluster", "_fixtures_bfl", "_fixtures_jobs"]
