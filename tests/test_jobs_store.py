@@ -358,3 +358,28 @@ def test_api_keys_are_hashed_at_rest(job_store: JobStore, database_url: str) -> 
     assert keys.revoke(other_id) is True  # by id
     assert keys.count_active() == 0
     assert all(not k.active for k in keys.list_keys())
+
+
+def test_several_processes_may_create_the_schema_at_once(database_url: str) -> None:
+    import threading
+
+    stores = [JobStore(database_url) for _ in range(6)]
+    errors: list[Exception] = []
+
+    def create(store: JobStore) -> None:
+        try:
+            store.create_schema()
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert stores[0].get(submit(stores[0])).state is JobState.in_queue
+    finally:
+        for store in stores:
+            store.dispose()

@@ -192,6 +192,9 @@ def open_database(database_url: str) -> Engine:
     return engine
 
 
+_SCHEMA_LOCK_ID = 0x666C7578  # "flux": serialises create_schema across processes on PostgreSQL
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -204,7 +207,11 @@ class _Database:
 
     def create_schema(self) -> None:
         """Create the tables that are missing (both jobs and api_keys)."""
-        metadata.create_all(self.engine)
+        with self._write() as conn:
+            if conn.dialect.name == "postgresql":
+                # Several processes may start at once against a new database.
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_ID)))
+            metadata.create_all(conn)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
