@@ -142,6 +142,7 @@ class LocalDispatcher:
     # --- threads ---------------------------------------------------------------------
 
     def _work(self, group: _Group) -> None:
+        self._load(group)
         while not self._stopping.is_set():
             # Clear before claiming: a notify() from here on makes the wait below return at once.
             group.wake.clear()
@@ -165,6 +166,17 @@ class LocalDispatcher:
                 # e.g. the database is briefly unreachable: leases cover the running job; retry later.
                 log.exception("worker for %s: error while taking or finishing a job", ", ".join(group.model_ids))
             group.wake.wait(self.settings.poll_interval_s)
+
+    def _load(self, group: _Group) -> None:
+        """Load weights before the first job, so that no user request pays for it.
+
+        A model that cannot load is logged here; its jobs then fail with the engine's
+        clear error (e.g. model_unavailable) instead of hanging in the queue.
+        """
+        try:
+            group.engine.load()
+        except Exception as exc:
+            log.error("could not load the engine for %s: %s", ", ".join(group.model_ids), exc)
 
     def _housekeeping(self) -> None:
         while True:
