@@ -2,8 +2,11 @@
 
 `ImageServer` is a ThreadingHTTPServer on 127.0.0.1 (port 0) serving what a test
 registers: images, plain bodies, redirects, large streamed bodies, slow answers.
-Unregistered paths answer 404. The `image_server` fixture starts one per test with
-these paths ready (other areas' tests, the API's, rely on them):
+Unregistered paths answer 404. The `image_server` fixture is one server for the
+session (module-scoped servers use it), so register paths under names of your own
+and count requests by path; a test that needs a fresh one uses
+`with ImageServer() as server: server.add_defaults()`. These paths are ready
+(other areas' tests, the API's, rely on them):
 
     /page.html              an HTML page (200, text/html)
     /huge.png               60 MB streamed as image/png, no Content-Length
@@ -281,7 +284,7 @@ def connections() -> Iterator[ConnectionLog]:
         _logs.remove(log)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def image_server() -> Iterator[ImageServer]:
     with ImageServer() as server:
         yield server.add_defaults()

@@ -14,13 +14,23 @@ import gzip
 import ipaddress
 import socket
 
+from collections.abc import Iterator
+
 import pytest
+from _fixtures_images import ImageServer
 
 from fluxedit.config import Settings
 from fluxedit.errors import ImageInputError
 from fluxedit.images.fetch import check_address, fetch_references
 
 ip = ipaddress.ip_address
+
+
+@pytest.fixture
+def image_server() -> Iterator[ImageServer]:
+    """A fresh server for each test here (not the session's): these tests count its requests."""
+    with ImageServer() as server:
+        yield server.add_defaults()
 
 
 @pytest.fixture
