@@ -383,3 +383,18 @@ def test_several_processes_may_create_the_schema_at_once(database_url: str) -> N
     finally:
         for store in stores:
             store.dispose()
+
+
+def test_keys_cli_on_a_fresh_data_dir(tmp_path: Path) -> None:
+    from _fixtures_server import run_cli
+
+    data_dir = tmp_path / "fresh"
+    created = run_cli("keys", "create", "--name", "laptop", data_dir=data_dir)
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert secret.startswith("fe_") and "Traceback" not in created.stderr
+    listed = run_cli("keys", "list", data_dir=data_dir)
+    assert "laptop" in listed.stdout and "active" in listed.stdout and secret not in listed.stdout
+    key_id = listed.stdout.split()[0]
+    assert run_cli("keys", "revoke", key_id, data_dir=data_dir).returncode == 0
+    assert KeyStore(f"sqlite:///{data_dir / 'fluxedit.db'}").verify(secret) is None
