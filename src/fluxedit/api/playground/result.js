@@ -61,7 +61,7 @@ export class ResultView {
       ["Request", h("code", {}, result.request_id)],
     ];
     this.root.classList.remove("empty");
-    this.root.replaceChildren(
+    const parts = [
       h("figure", { class: "result-figure" },
         h("a", { href: url, target: "_blank", rel: "noopener", class: "result-link", "aria-label": "Open the image in a new tab" }, img),
         h("figcaption", {},
@@ -78,6 +78,8 @@ export class ResultView {
         h("button", {
           type: "button", class: "secondary",
           onclick: () => this.onUseAsReference(url, `result ${result.request_id.slice(0, 8)}`),
-        }, "Use as reference")));
+        }, "Use as reference")),
+    ];
+    this.root.replaceChildren(...parts.filter(Boolean));
   }
 }

@@ -42,6 +42,7 @@ export function pythonSnippet(base, modelId, input) {
   ];
   if (input.num_inference_steps != null) lines.push(`    num_inference_steps=${py(input.num_inference_steps)},`);
   if (input.guidance_scale != null) lines.push(`    guidance_scale=${py(input.guidance_scale)},`);
-  lines.push(")", "print(images)");
+  const ext = input.output_format === "png" ? "png" : "jpg";
+  lines.push(")", `images[0].save("edited.${ext}")`);
   return lines.join("\n");
 }
