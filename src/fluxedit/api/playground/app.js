@@ -133,9 +133,10 @@ class Playground {
   handleAuth(error) {
     if (error?.status !== 401) return false;
     this.keyMessage.className = "key-message bad";
+    // The server's sentence says what is wrong; ours says what to do.
     this.keyMessage.textContent = this.key
-      ? `The server did not accept this API key (${error.message}). Paste a valid key.`
-      : `An API key is needed (${error.message}). Paste one here; create it with \`fluxedit keys create\`.`;
+      ? `${error.message} Paste a valid API key.`
+      : `${error.message} Paste your API key here (an operator creates one with "fluxedit keys create").`;
     this.keyInput.setAttribute("aria-invalid", "true");
     document.body.classList.add("needs-key");
     this.keyInput.focus();
@@ -264,8 +265,9 @@ class Playground {
   showError({ field, index, message }) {
     const name = (field || "").replace(/^body\./, "");
     const head = name.split(/[.[]/)[0];
-    const indexInField = /^image_urls[.[](\d+)/.exec(name);
-    const refIndex = index ?? (indexInField ? Number(indexInField[1]) : null);
+    // The index comes as `index`, in the field ("image_urls[1]") or, from list checks, in the message.
+    const indexIn = /^image_urls[.[](\d+)/.exec(name) || (head === "image_urls" && /^image_urls\[(\d+)\]/.exec(message));
+    const refIndex = index ?? (indexIn ? Number(indexIn[1]) : null);
     if (refIndex != null || head === "image_urls") {
       if (refIndex != null) this.refs.markError(refIndex, message);
       else this.refs.say(message);
@@ -325,6 +327,8 @@ class Playground {
     $("#runs-panel").hidden = false;
     $("#runs").prepend(run.el);
     run.start();
+    // On one column the runs sit below the form: bring the new one into view.
+    if (matchMedia("(max-width: 900px)").matches) run.el.scrollIntoView({ behavior: "smooth", block: "center" });
   }
 
   runFinished(status, input) {
