@@ -24,7 +24,7 @@ def open_with_key(page: Page, server, key: str | None = None) -> None:
     """Open the root URL and paste the key, as a person would."""
     page.goto(server.base_url + "/")
     expect(page.get_by_role("heading", name="Edit")).to_be_visible()
-    page.get_by_label("API key").fill(key or server.api_key)
+    page.get_by_label("API key", exact=True).fill(key or server.api_key)
     page.get_by_role("button", name="Use key").click()
 
 
@@ -42,8 +42,9 @@ def add_url(page: Page, url: str) -> None:
     page.get_by_role("button", name="Add URL").click()
 
 
-def pick_size(page: Page, label: str) -> None:
-    page.locator("label.size-option", has_text=label).click()
+def pick_size(page: Page, value: str) -> None:
+    """Click the size card whose radio has `value` (e.g. landscape_4_3), as a person clicks it."""
+    page.locator(f"label.size-option:has(input[value='{value}'])").click()
 
 
 def record_progress(page: Page) -> None:
@@ -67,8 +68,8 @@ def test_edit_with_uploads_and_a_url_shows_progress_result_and_download(
     page = browser_page
     open_with_key(page, playground_server)
     wait_for_models(page)
-    page.get_by_label("Model").select_option("blackforestlabs/flux-2/klein-4b/edit")
-    page.get_by_label("Prompt").fill("Put the red square on the yellow one, in the blue tower's light")
+    page.get_by_label("Model", exact=True).select_option("blackforestlabs/flux-2/klein-4b/edit")
+    page.get_by_label("Prompt", exact=True).fill("Put the red square on the yellow one, in the blue tower's light")
 
     # Two uploads through the file picker, one URL from the loopback picture server.
     with page.expect_file_chooser() as chooser:
@@ -92,12 +93,12 @@ def test_edit_with_uploads_and_a_url_shows_progress_result_and_download(
     page.get_by_role("button", name="Move reference 2 later").click()
     expect(references(page).nth(2)).to_contain_text("tower.png")
 
-    pick_size(page, "Landscape 4:3")
+    pick_size(page, "landscape_4_3")
     expect(page.locator("input[name=image_size][value=landscape_4_3]")).to_be_checked()
     expect(page.locator("label.size-option", has_text="Landscape 4:3")).to_contain_text("1024 × 768")
-    page.get_by_label("Seed").fill("7")
+    page.get_by_label("Seed", exact=True).fill("7")
     page.get_by_text("Advanced").click()
-    page.get_by_label("Steps").fill("12")
+    page.get_by_label("Steps", exact=True).fill("12")
 
     record_progress(page)
     page.get_by_role("button", name="Edit image").click()
@@ -158,21 +159,21 @@ def test_cancel_a_queued_job_then_history_lists_and_restores_both(browser_page: 
     server = playground_server
     open_with_key(page, server)
     wait_for_models(page)
-    page.get_by_label("Prompt").fill("A long edit that runs first")
+    page.get_by_label("Prompt", exact=True).fill("A long edit that runs first")
     add_url(page, picture_server.url("field.jpg"))
     # A big custom size and many steps, so the first job is still running while the second waits.
-    pick_size(page, "Custom")
-    page.get_by_label("Width").fill("2048")
-    page.get_by_label("Height").fill("2048")
+    pick_size(page, "custom")
+    page.get_by_label("Width", exact=True).fill("2048")
+    page.get_by_label("Height", exact=True).fill("2048")
     expect(page.locator("#custom-size-check")).to_have_text("Will be 2048 × 2048.")
     page.get_by_text("Advanced").click()
-    page.get_by_label("Steps").fill("100")
+    page.get_by_label("Steps", exact=True).fill("100")
 
     runs = page.locator("#runs li.job")
     page.get_by_role("button", name="Edit image").click()
     expect(runs).to_have_count(1)
     first_id = runs.first.locator(".request-id").inner_text()
-    page.get_by_label("Prompt").fill("A second edit, cancelled while it waits")
+    page.get_by_label("Prompt", exact=True).fill("A second edit, cancelled while it waits")
     page.get_by_role("button", name="Edit image").click()
     expect(runs).to_have_count(2)
     second_id = runs.first.locator(".request-id").inner_text()
@@ -204,15 +205,15 @@ def test_cancel_a_queued_job_then_history_lists_and_restores_both(browser_page: 
 
     # After a reload the key is still there, and a history entry brings its inputs back.
     page.reload()
-    expect(page.get_by_label("API key")).to_have_value(server.api_key)
+    expect(page.get_by_label("API key", exact=True)).to_have_value(server.api_key)
     assert server.api_key not in page.url
     wait_for_models(page)
-    expect(page.get_by_label("Prompt")).to_have_value("")
+    expect(page.get_by_label("Prompt", exact=True)).to_have_value("")
     page.locator(f"#history-list .history-item[data-request-id='{first_id}']").click()
-    expect(page.get_by_label("Prompt")).to_have_value("A long edit that runs first")
+    expect(page.get_by_label("Prompt", exact=True)).to_have_value("A long edit that runs first")
     expect(page.locator("input[name=image_size][value=custom]")).to_be_checked()
-    expect(page.get_by_label("Width")).to_have_value("2048")
-    expect(page.get_by_label("Steps")).to_have_value("100")
+    expect(page.get_by_label("Width", exact=True)).to_have_value("2048")
+    expect(page.get_by_label("Steps", exact=True)).to_have_value("100")
     expect(references(page)).to_have_count(1)
     expect(references(page).first).to_contain_text("field.jpg")
     expect(page.locator("#result")).to_contain_text("This request is cancelled.")
@@ -238,11 +239,11 @@ def test_eleventh_reference_is_refused_and_the_list_works_by_keyboard(
     expect(references(page)).to_have_count(10)
 
     # Remove the first with the keyboard; focus stays in the list.
-    page.get_by_role("button", name="Remove reference 1").focus()
+    page.get_by_role("button", name="Remove reference 1", exact=True).focus()
     page.keyboard.press("Enter")
     expect(page.locator("#ref-count")).to_have_text("9 of 10")
     expect(message).to_have_text("")
-    expect(page.get_by_role("button", name="Remove reference 1")).to_be_focused()
+    expect(page.get_by_role("button", name="Remove reference 1", exact=True)).to_be_focused()
 
     # Now there is room; then move the new last one earlier with the keyboard.
     page.get_by_role("button", name="Add URL").click()
@@ -259,16 +260,16 @@ def test_eleventh_reference_is_refused_and_the_list_works_by_keyboard(
 def test_wrong_key_asks_for_a_key(browser_page: Page, playground_server):
     page = browser_page
     open_with_key(page, playground_server, key="fe_not_a_key_this_server_made")
-    key_input = page.get_by_label("API key")
+    key_input = page.get_by_label("API key", exact=True)
     expect(page.locator("#key-message")).to_have_text(
         "The API key is not valid or has been revoked. Paste a valid API key."
     )
     expect(key_input).to_have_attribute("aria-invalid", "true")
     expect(key_input).to_be_focused()
-    expect(page.get_by_label("Model")).to_have_value("")
+    expect(page.get_by_label("Model", exact=True)).to_have_value("")
 
     # Submitting anyway says what is missing, next to the model picker.
-    page.get_by_label("Prompt").fill("anything")
+    page.get_by_label("Prompt", exact=True).fill("anything")
     page.get_by_role("button", name="Edit image").click()
     expect(page.locator("#model-error")).to_have_text("Choose a model (paste an API key first to list them).")
 
@@ -286,8 +287,8 @@ def test_errors_show_next_to_their_cause(browser_page: Page, playground_server, 
     wait_for_models(page)
 
     # Custom sizes are checked as they are typed, with the rules in words.
-    pick_size(page, "Custom")
-    width, height, check = page.get_by_label("Width"), page.get_by_label("Height"), page.locator("#custom-size-check")
+    pick_size(page, "custom")
+    width, height, check = page.get_by_label("Width", exact=True), page.get_by_label("Height", exact=True), page.locator("#custom-size-check")
     width.fill("3000")
     height.fill("3000")
     expect(check).to_have_text(
@@ -300,28 +301,28 @@ def test_errors_show_next_to_their_cause(browser_page: Page, playground_server, 
     height.fill("700")
     expect(check).to_have_text("Will be 992 × 688 (rounded down to multiples of 16).")
     expect(width).not_to_have_attribute("aria-invalid", "true")
-    pick_size(page, "Square")
+    pick_size(page, "square")
 
     # Nothing filled in: each missing input says so where it is.
     page.get_by_role("button", name="Edit image").click()
     expect(page.locator("#prompt-error")).to_have_text("Write a prompt: what should happen to the references?")
     expect(page.locator("#refs-error")).to_have_text("Add at least one reference image.")
-    expect(page.get_by_label("Prompt")).to_be_focused()
+    expect(page.get_by_label("Prompt", exact=True)).to_be_focused()
 
     # A value only the server refuses: its message goes under that input.
-    page.get_by_label("Prompt").fill("Swap the colours")
+    page.get_by_label("Prompt", exact=True).fill("Swap the colours")
     add_url(page, picture_server.url("field.jpg"))
     add_url(page, picture_server.url("missing.png"))
     page.get_by_text("Advanced").click()
-    page.get_by_label("Guidance").fill("25")
+    page.get_by_label("Guidance", exact=True).fill("25")
     page.get_by_role("button", name="Edit image").click()
     expect(page.locator("#guidance-error")).to_contain_text("guidance_scale")
     expect(page.locator("#guidance-error")).to_contain_text("20")
-    expect(page.get_by_label("Guidance")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Guidance", exact=True)).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#runs li.job")).to_have_count(0)
 
     # A reference the server cannot fetch: the failed job points at reference 2.
-    page.get_by_label("Guidance").fill("")
+    page.get_by_label("Guidance", exact=True).fill("")
     page.get_by_role("button", name="Edit image").click()
     run = page.locator("#runs li.job").first
     expect(run.locator(".job-state")).to_have_text("Failed", timeout=WAIT_MS)
@@ -337,13 +338,13 @@ def test_show_code_runs_as_shown(browser_page: Page, playground_server, picture_
     server = playground_server
     open_with_key(page, server)
     wait_for_models(page)
-    page.get_by_label("Prompt").fill("It's a 'quoted' prompt")
+    page.get_by_label("Prompt", exact=True).fill("It's a 'quoted' prompt")
     add_url(page, picture_server.url("field.jpg"))
-    pick_size(page, "Square")
-    page.get_by_label("Seed").fill("3")
+    pick_size(page, "square")
+    page.get_by_label("Seed", exact=True).fill("3")
     page.locator(".segmented label", has_text="PNG").click()
     page.get_by_text("Advanced").click()
-    page.get_by_label("Steps").fill("2")
+    page.get_by_label("Steps", exact=True).fill("2")
     page.get_by_text("Show code").click()
     env = {**os.environ, "FLUXEDIT_API_KEY": server.api_key, "PYTHONPATH": SRC}
 

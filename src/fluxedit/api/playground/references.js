@@ -135,6 +135,7 @@ export class References {
 
   async upload(file) {
     const item = this.push({ url: null, preview: URL.createObjectURL(file), label: file.name, uploading: true });
+    this.changed();
     try {
       const answer = await this.api.upload(file);
       item.url = answer.url;
@@ -167,7 +168,6 @@ export class References {
     const item = { key: nextKey++, size: null, error: null, ...fields };
     this.items.push(item);
     this.say("");
-    this.changed();
     return item;
   }
 
@@ -243,9 +243,9 @@ export class References {
     const img = h("img", { src: item.preview, alt: `Reference ${n}: ${item.label}`, draggable: "false" });
     img.addEventListener("load", () => {
       const size = { width: img.naturalWidth, height: img.naturalHeight };
+      sizeText.textContent = `${size.width} × ${size.height}`;
       if (!item.size || item.size.width !== size.width || item.size.height !== size.height) {
         item.size = size;
-        sizeText.textContent = `${size.width} × ${size.height}`;
         this.onChange(this.items);
       }
     });

@@ -21,7 +21,7 @@ export class SizePicker {
     this.options.replaceChildren(
       option("auto", "Auto", this.autoPixels, h("span", { class: "shape-box shape-auto" })),
       ...PRESETS.map((p) => option(p.id, p.label, h("span", { class: "size-px" }, `${p.width} × ${p.height}`), box(p.width, p.height))),
-      option("custom", "Custom", h("span", { class: "size-px" }, "width × height"), h("span", { class: "shape-box shape-custom" })),
+      option("custom", "Custom", h("span", { class: "size-px" }, "any W × H"), h("span", { class: "shape-box shape-custom" })),
     );
     this.options.addEventListener("change", () => this.changed());
     for (const input of [this.width, this.height]) input.addEventListener("input", () => this.changed());
