@@ -56,11 +56,16 @@ def _dispatcher_factory(settings: Settings):
     if settings.broker_url:
         from fluxedit.jobs.celery_app import CeleryDispatcher
 
-        return lambda store, served, storage: CeleryDispatcher(store, list(served), settings)
+        return lambda store, served, storage, signer: CeleryDispatcher(store, list(served), settings)
     from fluxedit.jobs.dispatch import LocalDispatcher
+    from fluxedit.storage import resolve_issued_url
 
-    return lambda store, served, storage: LocalDispatcher(
-        store, {m.id: m.engine for m in served.values()}, storage, settings
+    return lambda store, served, storage, signer: LocalDispatcher(
+        store,
+        {m.id: m.engine for m in served.values()},
+        storage,
+        settings,
+        resolve_local=lambda url: resolve_issued_url(url, storage, signer),
     )
 
 

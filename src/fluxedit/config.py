@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     # --- jobs ------------------------------------------------------------------
     max_attempts: int = Field(3, ge=1)
     lease_s: float = Field(60.0, gt=0, description="A running job's lease; renewed by its worker's heartbeat.")
+    poll_interval_s: float = Field(2.0, gt=0, description="Local workers look for queued jobs at least this often.")
+    recover_interval_s: float = Field(5.0, gt=0, description="How often jobs with expired leases are re-queued.")
 
     # --- engines -----------------------------------------------------------------
     device: str | None = Field(None, description="cuda, cpu, ...; default: cuda if available.")

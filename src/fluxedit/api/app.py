@@ -73,7 +73,7 @@ def build_services(
     signer = UrlSigner.from_settings(settings)
     storage = open_storage(settings, signer)
     served = {m.id: m for m in models}
-    dispatcher = dispatcher_factory(store, served, storage) if dispatcher_factory else None
+    dispatcher = dispatcher_factory(store, served, storage, signer) if dispatcher_factory else None
     return Services(
         settings=settings,
         models=served,
