@@ -86,16 +86,18 @@ def picture_files(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def playground_server(tmp_path_factory) -> Iterator[LiveServer]:
-    """`fluxedit serve --model tiny` with a key made beforehand by `fluxedit keys create`,
-    allowed to fetch references from loopback (the picture server)."""
+    """`fluxedit serve --model tiny`, allowed to fetch references from loopback (the picture
+    server), with a key of its own made by `fluxedit keys create`."""
     data_dir = tmp_path_factory.mktemp("playground-server")
-    created = run_cli("keys", "create", "--name", "playground", data_dir=data_dir)
-    assert created.returncode == 0, created.stderr
     server = LiveServer(data_dir, ("--model", "tiny"), {"fetch_allow": '["127.0.0.1"]'})
     server.start()
-    server.api_key = created.stdout.split()[0]
-    yield server
-    server.stop()
+    try:
+        created = run_cli("keys", "create", "--name", "playground", data_dir=data_dir)
+        assert created.returncode == 0, created.stderr
+        server.api_key = created.stdout.split()[0]
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
