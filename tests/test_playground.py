@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
@@ -45,6 +46,21 @@ def add_url(page: Page, url: str) -> None:
 def pick_size(page: Page, value: str) -> None:
     """Click the size card whose radio has `value` (e.g. landscape_4_3), as a person clicks it."""
     page.locator(f"label.size-option:has(input[value='{value}'])").click()
+
+
+def drop_file(page: Page, selector: str, path) -> None:
+    """Drop a file on an element, as the browser does when one is dragged in from the desktop."""
+    page.locator(selector).evaluate(
+        """(el, [name, b64, type]) => {
+          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+          const data = new DataTransfer();
+          data.items.add(new File([bytes], name, {type}));
+          for (const kind of ["dragenter", "dragover", "drop"]) {
+            el.dispatchEvent(new DragEvent(kind, {dataTransfer: data, bubbles: true, cancelable: true}));
+          }
+        }""",
+        [path.name, base64.b64encode(path.read_bytes()).decode(), "image/jpeg" if path.suffix == ".jpg" else "image/png"],
+    )
 
 
 def record_progress(page: Page) -> None:
@@ -228,7 +244,13 @@ def test_eleventh_reference_is_refused_and_the_list_works_by_keyboard(
     page = browser_page
     open_with_key(page, playground_server)
     wait_for_models(page)
-    for n in range(10):
+    # A file dropped on the drop zone is uploaded like a chosen one.
+    drop_file(page, "#dropzone", picture_files[1])
+    expect(references(page)).to_have_count(1)
+    expect(references(page).first).to_contain_text("yellow.jpg")
+    expect(references(page).first).to_contain_text("300 × 400")
+    expect(page.locator("#ref-list li.uploading")).to_have_count(0)
+    for n in range(9):
         add_url(page, picture_server.url(f"tower.png?n={n}"))
     expect(page.locator("#ref-count")).to_have_text("10 of 10")
 
@@ -258,6 +280,12 @@ def test_eleventh_reference_is_refused_and_the_list_works_by_keyboard(
     expect(page.get_by_role("button", name="Move reference 9 earlier")).to_be_focused()
     page.keyboard.press("Enter")
     expect(references(page).nth(7)).to_contain_text("field.jpg")
+
+    # Dragging a thumbnail onto the first one moves it to the front: it now sets "auto".
+    references(page).nth(7).drag_to(references(page).nth(0))
+    expect(references(page).nth(0)).to_contain_text("field.jpg")
+    expect(references(page).nth(0)).to_contain_text('sets "auto" size')
+    expect(page.locator("label.size-option:has(input[value=auto])")).to_contain_text("≈ 1248 × 832")
 
 
 def test_wrong_key_asks_for_a_key(browser_page: Page, playground_server):
