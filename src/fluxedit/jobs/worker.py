@@ -124,7 +124,7 @@ def _run(
         decode_reference(data, index=i, max_pixels=settings.max_image_pixels) for i, data in enumerate(datas)
     ]
     del datas
-    width, height = params.output_size(references[0].size)
+    width, height = params.output_size(references[0].info.get("source_size", references[0].size))
     lease.check()
     engine.load()  # idempotent; may take long the first time, the lease thread covers it
     lease.check()
