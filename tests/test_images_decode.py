@@ -239,3 +239,10 @@ def test_embedded_icc_profile_is_applied():
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     out = decode_reference(save(Image.new("RGB", (96, 96), (30, 140, 220)), "PNG", icc_profile=srgb))
     assert all(abs(a - b) <= 2 for a, b in zip(out.getpixel((5, 5)), (30, 140, 220)))
+
+
+def test_lab_tiff_is_converted_colorimetrically():
+    # L* = 50, a* = b* = 0 (Pillow stores a and b offset by 128): a neutral mid-grey.
+    out = decode_reference(save(Image.new("LAB", (96, 96), (128, 128, 128)), "TIFF"))
+    r, g, b = out.getpixel((5, 5))
+    assert max(r, g, b) - min(r, g, b) <= 2 and 100 <= r <= 140

@@ -175,12 +175,15 @@ def _rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         return _wide_to_rgb(image)
+    if image.mode == "LAB":  # Pillow's plain convert is not colorimetric for LAB
+        lab_to_srgb = ImageCms.buildTransform(ImageCms.createProfile("LAB"), _SRGB, "LAB", "RGB")
+        return ImageCms.applyTransform(image, lab_to_srgb)
     has_alpha = image.mode in ("RGBA", "RGBa", "LA", "La", "PA")
     if has_alpha or "transparency" in image.info:  # tRNS in a P, L or RGB PNG; GIF transparency
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")  # P, L, 1, CMYK (Pillow reads Adobe inverted CMYK), YCbCr, LAB
+    return image.convert("RGB")  # P, L, 1, CMYK (Pillow reads Adobe inverted CMYK), YCbCr
 
 
 def _wide_to_rgb(image: Image.Image) -> Image.Image:
