@@ -1,17 +1,17 @@
 """Fixtures for the playground's browser tests: a live tiny-model server with a key made by
-`fluxedit keys create`, a loopback picture server, and Debian's Chromium through Playwright."""
+`fluxedit keys create`, pictures on the loopback image server, and Debian's Chromium through
+Playwright."""
 
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from _fixtures_images import ImageServer
 from _fixtures_server import LiveServer, run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -27,51 +27,22 @@ def picture(size: tuple[int, int], color: tuple[int, int, int], fmt: str = "PNG"
     return out.getvalue()
 
 
-class PictureServer:
-    """Serves fixed pictures over HTTP on 127.0.0.1; any other path is a 404."""
+class Pictures:
+    """The playground tests' pictures, under /playground/ on the shared loopback image server."""
 
-    def __init__(self, pictures: dict[str, bytes]) -> None:
-        self.pictures = pictures
-        pictures_ = pictures
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                data = pictures_.get(self.path.split("?")[0].lstrip("/"))
-                if data is None:
-                    self.send_error(404, "no such picture")
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png" if data[:4] == b"\x89PNG" else "image/jpeg")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+    def __init__(self, server: ImageServer) -> None:
+        self.server = server
+        server.add("/playground/tower.png", picture((320, 480), (70, 120, 200)), "image/png")
+        server.add("/playground/field.jpg", picture((480, 320), (90, 170, 80), "JPEG"), "image/jpeg")
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
-
-    def __enter__(self) -> PictureServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        """URL of a picture by name; other names (e.g. missing.png) answer 404."""
+        return self.server.url(f"/playground/{name}")
 
 
 @pytest.fixture(scope="module")
-def picture_server() -> Iterator[PictureServer]:
-    pictures = {
-        "tower.png": picture((320, 480), (70, 120, 200)),
-        "field.jpg": picture((480, 320), (90, 170, 80), "JPEG"),
-    }
-    with PictureServer(pictures) as server:
-        yield server
+def picture_server(image_server: ImageServer) -> Pictures:
+    return Pictures(image_server)
 
 
 @pytest.fixture(scope="module")

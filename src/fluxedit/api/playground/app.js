@@ -116,6 +116,11 @@ class Playground {
   // --- the key ----------------------------------------------------------------
 
   setKey(key) {
+    // Runs and results belong to the key that made them.
+    if (key !== this.key) {
+      for (const run of [...this.runs.values()]) this.dismiss(run);
+      this.result.clear();
+    }
     this.key = key;
     try {
       if (key) localStorage.setItem(KEY_STORAGE, key);
@@ -202,7 +207,7 @@ class Playground {
     const input = {
       prompt: $("#prompt").value,
       image_urls: this.refs.urls(),
-      image_size: this.sizes.value() ?? this.sizes.selected,
+      image_size: this.sizes.value() ?? this.sizes.typed(),
       seed: Number($("#seed").value || 0),
       output_format: this.form.querySelector("input[name=output_format]:checked").value,
     };
@@ -322,6 +327,7 @@ class Playground {
       },
       onFinished: (status) => this.runFinished(status, input),
       onDismiss: (done) => this.dismiss(done),
+      onState: (state) => this.history.setState(requestId, state),
     });
     this.runs.set(requestId, run);
     $("#runs-panel").hidden = false;

@@ -36,6 +36,19 @@ export class History {
     }
   }
 
+  /** Keep an entry's badge in step with a run the page is watching. */
+  setState(requestId, state) {
+    const entry = this.entries.find((e) => e.request_id === requestId);
+    if (!entry || entry.status === state) return;
+    entry.status = state;
+    const button = this.list.querySelector(`[data-request-id="${CSS.escape(requestId)}"]`);
+    const badge = button?.querySelector(".badge");
+    if (!badge) return;
+    button.dataset.state = state;
+    badge.className = `badge state-${state}`;
+    badge.textContent = STATE_LABELS[state] || state;
+  }
+
   clear(text = "") {
     this.entries = [];
     this.cursor = null;

@@ -21,8 +21,8 @@ export class Run {
    * @param {(status: object) => void} o.onFinished any end state, after onCompleted
    * @param {(error: Error) => boolean} o.onApiError true when handled (e.g. 401)
    */
-  constructor({ api, requestId, modelId, startedAt, onCompleted, onFinished, onApiError, onDismiss }) {
-    Object.assign(this, { api, requestId, modelId, onCompleted, onFinished, onApiError, onDismiss });
+  constructor({ api, requestId, modelId, startedAt, onCompleted, onFinished, onApiError, onDismiss, onState }) {
+    Object.assign(this, { api, requestId, modelId, onCompleted, onFinished, onApiError, onDismiss, onState });
     this.startedAt = startedAt ?? Date.now();
     this.state = "in_queue";
     this.stopped = false;
@@ -93,6 +93,7 @@ export class Run {
     this.stateEl.textContent = STATE_LABELS[status.status] || status.status;
     this.stateEl.className = `badge state-${status.status} job-state`;
     this.el.dataset.state = status.status;
+    this.onState?.(status.status);
     const progress = status.progress;
     if (progress && progress.total > 0) {
       this.bar.classList.remove("indeterminate");

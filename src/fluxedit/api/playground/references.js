@@ -250,6 +250,7 @@ export class References {
       }
     });
     img.addEventListener("error", () => {
+      img.classList.add("broken"); // no alt text spilling over the thumbnail
       sizeText.textContent = "preview unavailable";
     });
     const sizeText = h("span", { class: "ref-size" }, item.size ? `${item.size.width} × ${item.size.height}` : "");

@@ -40,6 +40,11 @@ export class SizePicker {
     return checked.ok ? { width: checked.width, height: checked.height } : null;
   }
 
+  /** The custom size as typed, for showing code while it is not valid yet. */
+  typed() {
+    return { width: Number(this.width.value) || 0, height: Number(this.height.value) || 0 };
+  }
+
   /** Why the size cannot be sent, or null. */
   problem() {
     if (this.selected !== "custom") return null;
