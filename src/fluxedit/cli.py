@@ -117,6 +117,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     settings = _settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     keys = KeyStore(settings.resolved_database_url)
+    keys.create_schema()  # `keys create` may come before the first `serve`
     if args.keys_command == "create":
         key_id, secret = keys.create(args.name)
         print(secret)
