@@ -1,5 +1,224 @@
-"""`fluxedit serve | worker | edit | keys | tiny-model` (being written)."""
+"""The `fluxedit` command: serve | worker | edit | keys | tiny-model."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+
+from fluxedit.config import Settings
+from fluxedit.errors import FluxeditError, InvalidInput
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    return Settings(**overrides)
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _served_models(specs: list[str], settings: Settings):
+    """--model flags -> ServedModel list; one engine per distinct source, shared by its ids."""
+    from fluxedit.api.app import ServedModel
+    from fluxedit.engines.registry import DEFAULT_SOURCE, STANDARD_MODEL_IDS, make_engine, parse_model_spec
+
+    pairs: list[tuple[str, str]] = []
+    for spec in specs or [f"blackforestlabs/flux-2/klein-4b/edit={DEFAULT_SOURCE}"]:
+        if spec == "tiny":  # the offline demo: the tiny model behind every standard id
+            pairs += [(model_id, "tiny") for model_id in STANDARD_MODEL_IDS]
+        else:
+            pairs.append(parse_model_spec(spec))
+    engines: dict[str, object] = {}
+    served = []
+    for model_id, source in pairs:
+        if source not in engines:
+            engines[source] = make_engine(source, settings)
+        served.append(ServedModel(id=model_id, source=source, engine=engines[source]))
+    return served
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _dispatcher_factory(settings: Settings):
+    """In-process worker threads by default; Celery queues when a broker is configured."""
+    if settings.broker_url:
+        from fluxedit.jobs.celery_app import CeleryDispatcher
+
+        return lambda store, served, storage: CeleryDispatcher(store, list(served), settings)
+    from fluxedit.jobs.dispatch import LocalDispatcher
+
+    return lambda store, served, storage: LocalDispatcher(
+        store, {m.id: m.engine for m in served.values()}, storage, settings
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fluxedit.api.app import build_services, create_app
+
+    settings = _settings(args)
+    if args.public_url:
+        settings.public_url = args.public_url
+    no_auth = args.no_auth or settings.allow_unauthenticated
+    if no_auth and not _is_loopback(args.host):
+        raise InvalidInput(
+            f"--no-auth is only allowed on a loopback address (127.0.0.1, ::1, localhost), not {args.host}.",
+            field="--no-auth",
+        )
+    served = _served_models(args.model, settings)
+    services = build_services(
+        settings,
+        served,
+        None if args.no_workers else _dispatcher_factory(settings),
+        allow_unauthenticated=no_auth,
+    )
+    if not no_auth and services.keys.count_active() == 0:
+        key_id, secret = services.keys.create("default")
+        print(f"Created the first API key (shown once, keep it): {secret}", flush=True)
+    print(f"fluxedit serving {', '.join(m.id for m in served)} on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(create_app(services), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from fluxedit.jobs.celery_app import run_worker
+
+    settings = _settings(args)
+    return run_worker(settings, args.model) or 0
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from fluxedit.jobs.store import KeyStore
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    keys = KeyStore(settings.resolved_database_url)
+    if args.keys_command == "create":
+        key_id, secret = keys.create(args.name)
+        print(secret)
+        print(f"key id {key_id} ({args.name}); the secret is shown once and stored only as a hash.", file=sys.stderr)
+    elif args.keys_command == "list":
+        for key in keys.list_keys():
+            state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+            print(f"{key.id}\t{key.prefix}…\t{key.name}\t{key.created_at:%Y-%m-%d %H:%M}\t{state}")
+    elif args.keys_command == "revoke":
+        if not keys.revoke(args.key):
+            raise FluxeditError(f"No active key {args.key!r}.", code="not_found")
+        print(f"revoked {args.key}")
+    return 0
+
+
+# --------------------------------------------------------------------------- tiny-model
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from fluxedit.engines.tiny import save_tiny_model
+
+    save_tiny_model(args.variant, Path(args.dir))
+    print(f"saved a tiny random FLUX.2 [{args.variant}] pipeline to {args.dir} (it makes noise, not edits)")
+    return 0
+
+
+# --------------------------------------------------------------------------- edit
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from fluxedit.edit_cli import edit_locally, edit_on_server
+
+    if len(args.image) > 10:
+        raise InvalidInput(f"At most 10 references (-i) are allowed; {len(args.image)} were given.", field="-i")
+    if args.server:
+        return edit_on_server(args)
+    return edit_locally(args, _settings(args))
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fluxedit", description="Multi-reference image editing with FLUX.2.")
+    parser.add_argument("--data-dir", help="jobs DB, files and model cache (env FLUXEDIT_DATA_DIR; default ~/.fluxedit)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API, the playground and in-process workers")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="ID=SOURCE",
+        help="serve model ID from SOURCE (a Hugging Face repo id, a folder, 'tiny' or 'bfl:flux-2-pro'); "
+        "repeatable. '--model tiny' alone: the offline demo behind every standard id.",
+    )
+    serve.add_argument("--public-url", help="base URL used in answers (default: the request's)")
+    serve.add_argument("--no-auth", action="store_true", help="no API keys (only on a loopback address)")
+    serve.add_argument("--no-workers", action="store_true", help="queue only; Celery workers run the jobs")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="a Celery GPU worker for the given models")
+    worker.add_argument("--model", action="append", default=[], metavar="ID=SOURCE", required=True)
+    worker.set_defaults(func=cmd_worker)
+
+    edit = sub.add_parser("edit", help="edit images: locally, or on a server with --server")
+    edit.add_argument("-p", "--prompt", required=True)
+    edit.add_argument("-i", "--image", action="append", required=True, metavar="REF", help="path or URL; repeatable")
+    edit.add_argument("-o", "--output", required=True, help="output file (.jpg or .png)")
+    edit.add_argument("--size", default="auto", help="auto, a preset (square_hd, landscape_4_3, ...) or WxH")
+    edit.add_argument("--seed", type=int, default=0)
+    edit.add_argument("--format", choices=("jpeg", "png"), help="default: from the output's extension, else jpeg")
+    edit.add_argument("--model", default=None, help="local: a repo id, a folder or 'tiny'; --server: a model id")
+    edit.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    edit.add_argument("--guidance", type=float, default=None)
+    edit.add_argument("--server", help="a fluxedit server's base URL: run the edit there")
+    edit.add_argument("--api-key", help="the server's API key (env FLUXEDIT_API_KEY)")
+    edit.set_defaults(func=cmd_edit)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print its secret once")
+    create.add_argument("--name", default="default")
+    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id or prefix")
+    revoke.add_argument("key")
+    keys.set_defaults(func=cmd_keys)
+
+    tiny = sub.add_parser("tiny-model", help="build a tiny random FLUX.2 pipeline (noise, for tests and demos)")
+    tiny.add_argument("--variant", choices=("klein", "klein-kv", "dev"), default="klein")
+    tiny.add_argument("dir")
+    tiny.set_defaults(func=cmd_tiny_model)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    raise SystemExit("fluxedit: CLI not written yet")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except FluxeditError as exc:
+        print(f"fluxedit: error: {exc.message}", file=sys.stderr)
+        return 2 if exc.code == "invalid_input" else 1
+    except KeyboardInterrupt:
+        print("fluxedit: interrupted", file=sys.stderr)
+        return 130

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     s3_presign: bool = Field(True, description="Presigned bucket URLs; False: serve outputs through the API.")
+    s3_addressing_style: str = Field(
+        "auto", pattern="^(auto|path|virtual)$", description="path for MinIO and most self-hosted stores."
+    )
 
     # --- the API -------------------------------------------------------------
     public_url: str | None = Field(None, description="Base URL in answers; default: the request's base URL.")
@@ -75,7 +78,12 @@ class Settings(BaseSettings):
     # --- Black Forest Labs' hosted API --------------------------------------------
     bfl_api_key: str | None = Field(None, repr=False)
     bfl_region: str = Field("global", pattern="^(global|eu|us)$")
-    bfl_max_concurrent: int = Field(24, ge=1)
+    bfl_max_concurrent: int = Field(24, ge=1, description="Tasks in flight at BFL per process (BFL allows 24 per key).")
+    bfl_base_url: str | None = Field(None, description="Overrides the region's URL: a proxy, or a local test server.")
+    bfl_timeout_s: float = Field(600.0, gt=0, description="Longest wait for a forwarded task to finish at BFL.")
+    bfl_busy_retry_s: float = Field(120.0, ge=0, description="How long a submit is retried while BFL answers 429.")
+    bfl_network_retries: int = Field(3, ge=0, description="Retries of one call to BFL after a network error.")
+    bfl_backoff_s: float = Field(0.5, gt=0, description="First wait between polls and retries; grows up to 5 s.")
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,0 +1,112 @@
+"""The FastAPI app factory: Settings + served models in, an ASGI app out."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from fluxedit import __version__
+from fluxedit.api.errors import install_error_handlers
+from fluxedit.api.routes import router
+from fluxedit.config import Settings
+from fluxedit.engines.base import Engine
+from fluxedit.jobs.dispatch import Dispatcher
+from fluxedit.jobs.store import JobStore, KeyStore
+from fluxedit.storage import open_storage
+from fluxedit.storage.base import Storage
+from fluxedit.storage.signing import UrlSigner
+
+log = logging.getLogger("fluxedit.api")
+
+
+@dataclass
+class ServedModel:
+    """A model id as clients see it, and the engine that serves it."""
+
+    id: str
+    source: str
+    engine: Engine
+
+
+@dataclass
+class Services:
+    """Everything a request handler needs, built once per app from Settings."""
+
+    settings: Settings
+    models: dict[str, ServedModel]
+    store: JobStore
+    keys: KeyStore
+    storage: Storage
+    signer: UrlSigner
+    dispatcher: Dispatcher | None
+    allow_unauthenticated: bool = False
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def sweep_forever(self) -> None:
+        """Remove expired output and upload files until the app stops."""
+        while not self._stop.wait(self.settings.sweep_interval_s):
+            try:
+                removed = self.storage.sweep(self.settings.url_expiry_s)
+                if removed:
+                    log.info("swept %d expired files", removed)
+            except Exception:
+                log.exception("file sweep failed")
+
+
+def build_services(
+    settings: Settings,
+    models: list[ServedModel],
+    dispatcher_factory=None,
+    *,
+    allow_unauthenticated: bool = False,
+) -> Services:
+    """Open the store, keys and storage named by Settings; the dispatcher comes from the caller."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = JobStore(settings.resolved_database_url)
+    store.create_schema()
+    signer = UrlSigner.from_settings(settings)
+    storage = open_storage(settings, signer)
+    served = {m.id: m for m in models}
+    dispatcher = dispatcher_factory(store, served, storage) if dispatcher_factory else None
+    return Services(
+        settings=settings,
+        models=served,
+        store=store,
+        keys=KeyStore(settings.resolved_database_url),
+        storage=storage,
+        signer=signer,
+        dispatcher=dispatcher,
+        allow_unauthenticated=allow_unauthenticated,
+    )
+
+
+def create_app(services: Services) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if services.dispatcher is not None:
+            services.dispatcher.start()
+        sweeper = threading.Thread(target=services.sweep_forever, name="fluxedit-sweep", daemon=True)
+        sweeper.start()
+        yield
+        services._stop.set()
+        if services.dispatcher is not None:
+            services.dispatcher.stop()
+
+    app = FastAPI(
+        title="fluxedit",
+        version=__version__,
+        summary="Multi-reference image editing with FLUX.2: the hosted async model API, self-hosted.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    app.include_router(router)
+    playground = resources.files("fluxedit.api") / "playground"
+    app.mount("/playground", StaticFiles(directory=str(playground)), name="playground")
+    return app

@@ -1,0 +1,31 @@
+"""Bearer-key auth: every /v1 route needs a key; a key sees only its own jobs."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from fluxedit.errors import FluxeditError
+
+ANONYMOUS_KEY_ID = "anonymous"
+
+
+class Unauthorized(FluxeditError):
+    code = "unauthorized"
+    status = 401
+
+
+def require_key(request: Request) -> str:
+    """FastAPI dependency: the key id of the caller, or 401."""
+    services = request.app.state.services
+    if services.allow_unauthenticated:
+        return ANONYMOUS_KEY_ID
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if not header:
+        raise Unauthorized("An API key is required: send the header 'Authorization: Bearer <key>'.")
+    if scheme.lower() not in ("bearer", "key") or not secret.strip():
+        raise Unauthorized("The Authorization header must be 'Bearer <key>'.")
+    key_id = services.keys.verify(secret.strip())
+    if key_id is None:
+        raise Unauthorized("The API key is not valid or has been revoked.")
+    return key_id

@@ -1,0 +1,104 @@
+"""One JSON envelope for every error: {"error": {"code", "message", "field"?, "index"?}}.
+
+No stack trace ever reaches a client: unexpected exceptions are logged here and
+answered with a generic sentence.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fluxedit.errors import FluxeditError
+
+log = logging.getLogger("fluxedit.api")
+
+STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+def error_response(status: int, code: str, message: str, *, headers: dict | None = None, **extra) -> JSONResponse:
+    body = {"code": code, "message": message}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _field_path(loc: tuple) -> str:
+    """('body', 'image_urls', 0) -> 'image_urls[0]'; union tags such as 'custom' are dropped."""
+    path = ""
+    for part in loc:
+        if part in ("body", "query", "path", "header", "custom", "name") or (
+            isinstance(part, str) and part.startswith(("literal[", "function-"))
+        ):
+            continue
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _validation_message(error: dict, field: str) -> str:
+    message = error.get("msg", "is not valid").removeprefix("Value error, ")
+    if error.get("type") == "missing":
+        return f"{field} is required."
+    if error.get("type") == "json_invalid":
+        return "The request body is not valid JSON."
+    return f"{field}: {message}" if field and not message.startswith(field) else message
+
+
+async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    field = _field_path(tuple(first.get("loc", ())))
+    index = None
+    if field.startswith("image_urls[") and field.endswith("]"):
+        index = int(field[len("image_urls[") : -1])
+    message = _validation_message(first, field)
+    if len(errors) > 1:
+        message += f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} in the input.)"
+    return error_response(422, "invalid_input", message, field=field or None, index=index)
+
+
+async def _fluxedit_handler(request: Request, exc: FluxeditError) -> JSONResponse:
+    headers = None
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        headers = {"Retry-After": str(int(max(1, retry_after)))}
+    if exc.status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    return error_response(exc.status, exc.code, exc.message, headers=headers, field=exc.field, index=exc.index)
+
+
+async def _http_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = STATUS_CODES.get(exc.status_code, "error")
+    message = exc.detail if isinstance(exc.detail, str) else "The request could not be served."
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"There is nothing at {request.url.path}."
+    if exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}."
+    return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+
+
+async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "The server hit an unexpected error; it has been logged.")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(FluxeditError, _fluxedit_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_handler)
+    app.add_exception_handler(Exception, _unexpected_handler)

@@ -1,0 +1,182 @@
+"""The Python client: `Client(base_url, api_key)`.
+
+    from fluxedit import Client
+    with Client("http://127.0.0.1:8000", "fe_...") as client:
+        images = client.edit("blackforestlabs/flux-2/pro/edit", prompt="...", image_urls=[...])
+        images[0].save("out.jpg")
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from fluxedit.errors import FluxeditError
+from fluxedit.schema import (
+    FileUploadResponse,
+    JobState,
+    ModelList,
+    RequestList,
+    ResultResponse,
+    StatusResponse,
+    SubmitResponse,
+)
+
+
+class APIError(FluxeditError):
+    """An error answer from the server: its code, sentence and HTTP status."""
+
+
+class EditFailed(FluxeditError):
+    """The job ended failed or cancelled; `code` and `message` are the job's."""
+
+    def __init__(self, result: ResultResponse) -> None:
+        error = result.error
+        code = error.code if error else result.status.value
+        message = error.message if error else f"The request ended {result.status.value}."
+        super().__init__(message, code=code, index=error.index if error else None)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class OutputImage:
+    url: str
+    data: bytes
+    content_type: str
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_bytes(self.data)
+
+    def to_pil(self):
+        from PIL import Image
+
+        return Image.open(io.BytesIO(self.data))
+
+
+class Client:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- the wire contract, one method per route -------------------------------------
+
+    def submit(self, model_id: str, *, idempotency_key: str | None = None, **edit_input) -> SubmitResponse:
+        """Queue an edit; `edit_input` is the model's input (prompt, image_urls, image_size, ...)."""
+        body = {k: v for k, v in edit_input.items() if v is not None}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return SubmitResponse.model_validate(self._call("POST", f"/v1/models/{model_id}", json=body, headers=headers))
+
+    def status(self, request_id: str) -> StatusResponse:
+        return StatusResponse.model_validate(self._call("GET", f"/v1/requests/{request_id}/status"))
+
+    def result(self, request_id: str) -> ResultResponse:
+        return ResultResponse.model_validate(self._call("GET", f"/v1/requests/{request_id}/result"))
+
+    def cancel(self, request_id: str) -> StatusResponse:
+        return StatusResponse.model_validate(self._call("POST", f"/v1/requests/{request_id}/cancel"))
+
+    def requests(self, limit: int = 20, cursor: str | None = None) -> RequestList:
+        params = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        return RequestList.model_validate(self._call("GET", "/v1/requests", params=params))
+
+    def models(self) -> ModelList:
+        return ModelList.model_validate(self._call("GET", "/v1/models"))
+
+    def upload(self, file: str | Path | bytes, filename: str = "image") -> str:
+        """Upload a reference image; returns the URL to put in image_urls."""
+        if isinstance(file, (str, Path)):
+            filename, file = Path(file).name, Path(file).read_bytes()
+        answer = self._call("POST", "/v1/files", files={"file": (filename, file)})
+        return FileUploadResponse.model_validate(answer).url
+
+    # -- conveniences ------------------------------------------------------------------
+
+    def wait(
+        self,
+        request_id: str,
+        *,
+        timeout: float | None = 600.0,
+        poll_interval: float = 0.2,
+        max_interval: float = 2.0,
+        on_update: Callable[[StatusResponse], None] | None = None,
+    ) -> ResultResponse:
+        """Poll with backoff until the request is finished; returns its result."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = poll_interval
+        while True:
+            result = self.result(request_id)
+            if on_update is not None:
+                on_update(result)
+            if result.status.finished:
+                return result
+            if deadline is not None and time.monotonic() > deadline:
+                raise FluxeditError(f"Request {request_id} did not finish within {timeout} s.", code="timeout")
+            time.sleep(interval)
+            interval = min(max_interval, interval * 1.5)
+
+    def download(self, url: str) -> OutputImage:
+        response = self._http.get(url)
+        if response.status_code != 200:
+            self._raise(response)
+        return OutputImage(url=url, data=response.content, content_type=response.headers.get("content-type", ""))
+
+    def edit(
+        self,
+        model_id: str,
+        *,
+        timeout: float | None = 600.0,
+        on_update: Callable[[StatusResponse], None] | None = None,
+        **edit_input,
+    ) -> list[OutputImage]:
+        """Submit, wait and download: the edited images, or EditFailed."""
+        submitted = self.submit(model_id, **edit_input)
+        result = self.wait(submitted.request_id, timeout=timeout, on_update=on_update)
+        if result.status != JobState.completed or result.output is None:
+            raise EditFailed(result)
+        return [self.download(url) for url in result.output.images]
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, **kwargs) -> dict:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise APIError(f"Could not reach {self._http.base_url}: {exc}", code="unreachable") from None
+        if response.status_code >= 400:
+            self._raise(response)
+        return response.json()
+
+    @staticmethod
+    def _raise(response: httpx.Response) -> None:
+        try:
+            error = response.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            error = {"code": "http_error", "message": f"HTTP {response.status_code}"}
+        raise APIError(
+            error.get("message", ""),
+            code=error.get("code"),
+            field=error.get("field"),
+            index=error.get("index"),
+            status=response.status_code,
+        )

@@ -1,0 +1,97 @@
+"""Files under a local directory, served through the API's signed /files/ URLs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from fluxedit.storage.base import check_key, guess_content_type
+from fluxedit.storage.signing import UrlSigner
+
+# Content types live in a parallel hidden tree; keys cannot start with ".", so no clash.
+_TYPES_DIR = ".types"
+
+
+class LocalStorage:
+    """Objects as files under `root`; content types kept in `root/.types/<key>`."""
+
+    def __init__(self, root: Path, signer: UrlSigner) -> None:
+        self.root = Path(root)
+        self.signer = signer
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _type_path(self, key: str) -> Path:
+        return self.root / _TYPES_DIR / check_key(key)
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        _write_atomic(self._type_path(key), content_type.encode())
+        _write_atomic(self._path(key), data)
+
+    def get(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def content_type(self, key: str) -> str:
+        if not self._path(key).is_file():
+            raise FileNotFoundError(key)
+        try:
+            return self._type_path(key).read_text().strip()
+        except FileNotFoundError:
+            return guess_content_type(key)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+        self._type_path(key).unlink(missing_ok=True)
+
+    def url(self, key: str, base_url: str) -> str:
+        return base_url.rstrip("/") + self.signer.signed_path(check_key(key))
+
+    def sweep(self, max_age_s: float) -> int:
+        """Remove files (and leftover temp files) last modified over `max_age_s` ago."""
+        if not self.root.is_dir():
+            return 0
+        cutoff = time.time() - max_age_s
+        removed = 0
+        for dirpath, dirnames, filenames in os.walk(self.root, topdown=False):
+            directory = Path(dirpath)
+            for name in filenames:
+                path = directory / name
+                try:
+                    if path.stat().st_mtime >= cutoff:
+                        continue
+                    path.unlink()
+                except FileNotFoundError:
+                    continue  # another process swept or deleted it first
+                if not name.startswith(".") and _TYPES_DIR not in path.relative_to(self.root).parts:
+                    removed += 1
+                    (self.root / _TYPES_DIR / path.relative_to(self.root)).unlink(missing_ok=True)
+            if directory != self.root:
+                try:
+                    directory.rmdir()  # only succeeds when empty
+                except OSError:
+                    pass
+        return removed
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    # Temp file in the same directory, then rename: readers see the old or the new file, never half.
+    for attempt in range(3):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            break
+        except FileNotFoundError:  # a concurrent sweep removed the empty directory
+            if attempt == 2:
+                raise
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
