@@ -16,6 +16,8 @@ import torch
 from diffusers import Flux2KleinKVPipeline, Flux2KleinPipeline, Flux2Transformer2DModel
 from PIL import Image
 
+from fluxedit.engines.base import EditRequest
+from fluxedit.engines.flux2 import Flux2Engine, Flux2Options
 from fluxedit.engines.speed import (
     SpeedOptionError,
     SpeedOptions,
@@ -87,7 +89,7 @@ def test_lossless_option_gives_the_eager_image(variant, option, eager_images):
 @pytest.mark.timeout(900)  # inductor compiles C++ on the CPU: about a minute on a small machine
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_regional_compile_and_all_lossless_options_give_the_eager_image(variant, eager_images):
-    options = SpeedOptions(compile="regional", attention_backend="native", warm_up=False)
+    options = SpeedOptions(compile="regional", vae_channels_last=True, warm_up=False)
     pipe = _fast(variant, options)
     blocks = [*pipe.transformer.transformer_blocks, *pipe.transformer.single_transformer_blocks]
     assert all(block._compiled_call_impl is not None for block in blocks)  # compiled, not silently skipped
@@ -126,6 +128,31 @@ def test_warm_up_runs_an_edit_and_leaves_results_unchanged(eager_images):
     pipe = _fast("klein-kv", OFF)
     assert warm_up(pipe) > 0
     np.testing.assert_allclose(_edit(pipe), eager_images["klein-kv"], rtol=0, atol=ATOL)
+
+
+@pytest.mark.timeout(900)
+def test_engine_with_speed_options_gives_the_eager_engine_image(tiny_model_dirs):
+    """Through Flux2Engine.load() from a saved model folder: fused QKV, regional compile,
+    channels-last VAE and warm-up at load, against everything off."""
+    request = EditRequest(prompt="a red bicycle", images=_references(2), width=96, height=64, seed=5, steps=3)
+    eager = Flux2Engine(str(tiny_model_dirs["klein"]), Flux2Options(speed=SpeedOptions.eager()))
+    speed = SpeedOptions(compile="regional", vae_channels_last=True, warm_up=True)
+    fast = Flux2Engine(str(tiny_model_dirs["klein"]), Flux2Options(speed=speed))
+    fast.load()
+    assert fast.pipe.transformer.transformer_blocks[0].attn.fused_projections
+    assert fast.pipe.transformer.transformer_blocks[0]._compiled_call_impl is not None
+    difference = np.abs(
+        np.asarray(fast.edit(request)[0], dtype=int) - np.asarray(eager.edit(request)[0], dtype=int)
+    )
+    assert difference.max() <= 1  # 8-bit rounding of float32-equal images
+
+
+def test_speed_option_that_cannot_run_stops_the_load_with_its_reason(tiny_model_dirs):
+    engine = Flux2Engine(str(tiny_model_dirs["klein"]), Flux2Options(speed=SpeedOptions(fp8=True)))
+    with pytest.raises(SpeedOptionError, match="fp8 quantization needs a CUDA GPU") as caught:
+        engine.load()
+    assert caught.value.code == "speed_option_unavailable"
+    assert not engine.loaded
 
 
 # --- options that cannot run here say so -----------------------------------------

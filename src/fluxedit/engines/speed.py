@@ -9,7 +9,7 @@ here re-implements a kernel. `SpeedOptions()` is the documented default:
 | `fuse_qkv` | on | yes | one Q/K/V projection matmul per stream in the double blocks (`fuse_qkv_projections`); the unfused copies are dropped |
 | `compile` | `"auto"` | yes | `"regional"`: `torch.compile` of the repeated transformer blocks (`compile_repeated_blocks`, dynamic shapes, compiled once at load); `"auto"`: regional on CUDA, off elsewhere |
 | `attention_backend` | `"native"` | yes | diffusers' attention dispatcher: `native` (PyTorch SDPA), `_native_cudnn`, `_native_flash`, `_native_efficient`, `_native_math`, and `flash` / `_flash_3` / `sage` / `xformers` where their package is installed |
-| `vae_channels_last` | on | yes | VAE convolutions in channels-last memory format |
+| `vae_channels_last` | `None` | yes | VAE convolutions in channels-last memory format; `None`: on CUDA |
 | `vae_tiling` | on | no | tiled VAE encode/decode, only for outputs of `vae_tiling_min_pixels` (4 MP) or more, to bound memory |
 | `fp8` | off | **no** | torchao dynamic float8 (per-row scales) for the Linear layers of the transformer blocks; CUDA with compute capability >= 8.9 only |
 | `warm_up` | `None` | - | one small edit at load so compilation and kernel selection are not paid by the first request; `None`: on CUDA |
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from PIL import Image
 
-from fluxedit.errors import FluxeditError
+from fluxedit.errors import ModelUnavailable
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -64,8 +64,8 @@ ATTENTION_BACKENDS: dict[str, tuple[bool, str | None]] = {
 FOUR_MEGAPIXELS = 4 * 1024 * 1024
 
 
-class SpeedOptionError(FluxeditError):
-    """A speed option that cannot run on this machine (missing package, no CUDA, ...)."""
+class SpeedOptionError(ModelUnavailable):
+    """A speed option that cannot run on this machine (missing package, no CUDA, ...): the model does not load."""
 
     code = "speed_option_unavailable"
     status = 503
@@ -79,7 +79,7 @@ class SpeedOptions:
     fuse_qkv: bool = True
     compile: CompileMode = "auto"
     attention_backend: str = "native"
-    vae_channels_last: bool = True
+    vae_channels_last: bool | None = None
     vae_tiling: bool = True
     vae_tiling_min_pixels: int = FOUR_MEGAPIXELS
     fp8: bool = False
@@ -115,6 +115,9 @@ class SpeedOptions:
         if self.compile == "auto":
             return torch.device(device).type == "cuda"
         return self.compile == "regional"
+
+    def channels_last_on(self, device: str | torch.device) -> bool:
+        return torch.device(device).type == "cuda" if self.vae_channels_last is None else self.vae_channels_last
 
     def warms_up_on(self, device: str | torch.device) -> bool:
         return torch.device(device).type == "cuda" if self.warm_up is None else self.warm_up
@@ -159,14 +162,16 @@ def pipeline_device(pipe: DiffusionPipeline) -> torch.device:
     return next(pipe.transformer.parameters()).device
 
 
-def apply_speed_options(pipe: DiffusionPipeline, options: SpeedOptions) -> None:
+def apply_speed_options(
+    pipe: DiffusionPipeline, options: SpeedOptions, *, device: str | torch.device | None = None
+) -> None:
     """Apply `options` to a loaded pipeline in place (on its device and dtype). Call once, before any edit.
 
     Order matters: QKV fusion first (so fp8 quantizes the fused weights), the
     attention backend on the final processors, fp8 before compiling (the
     compiled graphs then include the quantize/scaled-matmul ops).
     """
-    device = pipeline_device(pipe)
+    device = torch.device(device) if device is not None else pipeline_device(pipe)
     options.check(device)
     transformer = pipe.transformer
     if options.fuse_qkv:
@@ -178,7 +183,7 @@ def apply_speed_options(pipe: DiffusionPipeline, options: SpeedOptions) -> None:
         quantize_fp8(transformer)
     if options.compiles_on(device):
         compile_blocks(transformer)
-    if options.vae_channels_last:
+    if options.channels_last_on(device):
         pipe.vae.to(memory_format=torch.channels_last)
     configure_vae_tiling(pipe, options, width=0, height=0)
 
@@ -217,6 +222,12 @@ def compile_blocks(transformer: torch.nn.Module) -> None:
     Dynamic shapes, so a new output size or reference count does not
     recompile; the compilation itself happens at the first forward (warm-up).
     """
+    # Each model (and each KV forward kind) adds guarded graphs for the same
+    # block classes; past dynamo's default limit of 8 they would silently run
+    # eager, so allow room for several models in one process.
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.7
+    setattr(config, name, max(getattr(config, name), 64))
     transformer.compile_repeated_blocks(fullgraph=True, dynamic=True)
 
 
