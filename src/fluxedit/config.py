@@ -61,6 +61,22 @@ class Settings(BaseSettings):
     default_steps: int | None = Field(None, ge=1, le=100, description="None: the model's own default.")
     guidance_scale: float | None = None
 
+    # --- engine speed (engines/speed.py SpeedOptions; lossless unless noted) ------
+    bf16: bool = Field(True, description="bfloat16 on CUDA (the models' own dtype); float32 on CPU either way.")
+    fuse_qkv: bool = Field(True, description="Fuse the Q/K/V projections of the double blocks.")
+    compile: str = Field(
+        "auto",
+        pattern="^(auto|off|regional)$",
+        description="torch.compile of the repeated transformer blocks at load; auto: on CUDA only.",
+    )
+    attention_backend: str = Field(
+        "native", description="diffusers attention backend: native (PyTorch SDPA), _native_cudnn, flash, ..."
+    )
+    vae_channels_last: bool | None = Field(None, description="VAE convolutions in channels-last layout; default: on CUDA.")
+    vae_tiling: bool = Field(True, description="Tiled VAE for outputs of 4 megapixels or more (bounds memory).")
+    fp8: bool = Field(False, description="Lossy: torchao float8 dynamic quantization of the transformer (CUDA, sm89+).")
+    warm_up: bool | None = Field(None, description="One small edit at load so the first request is not slow; default: on CUDA.")
+
     # --- Black Forest Labs' hosted API --------------------------------------------
     bfl_api_key: str | None = Field(None, repr=False)
     bfl_region: str = Field("global", pattern="^(global|eu|us)$")
