@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1)
     lease_s: float = Field(60.0, gt=0, description="A running job's lease; renewed by its worker's heartbeat.")
 
+    # --- the cluster mode (broker_url set) ----------------------------------------
+    broker_visibility_timeout_s: int = Field(
+        3600, ge=60, description="Redis: an unacknowledged message is delivered again after this long."
+    )
+
     # --- engines -----------------------------------------------------------------
     device: str | None = Field(None, description="cuda, cpu, ...; default: cuda if available.")
     cpu_offload: bool = False
