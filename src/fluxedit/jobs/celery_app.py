@@ -80,7 +80,6 @@ def create_celery(settings: Settings, context: WorkerContext | None = None) -> C
         broker_connection_retry_on_startup=True,
         worker_send_task_events=True,  # for Flower
         task_send_sent_event=True,
-        worker_hijack_root_logger=False,
         task_default_queue="fluxedit.default",
     )
 
@@ -108,7 +107,7 @@ def run_claimed_message(job_id: str, context: WorkerContext) -> None:
     if job.state is not JobState.in_queue:
         log.info("job %s is %s; duplicate message dropped", job_id, job.state.value)
         return
-    run_job(
+    state = run_job(
         job_id,
         store=context.store,
         engine=engine,
@@ -117,6 +116,8 @@ def run_claimed_message(job_id: str, context: WorkerContext) -> None:
         worker_id=context.worker_id,
         resolve_local=context.resolve_local,
     )
+    # One line per job run; operators (and the cluster tests) read these.
+    log.info("job %s: %s", job_id, state.value if state else "not finished by this worker")
 
 
 def recover_and_requeue(store: JobStore, send: Callable[[Job], None], settings: Settings) -> list[str]:
