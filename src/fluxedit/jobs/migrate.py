@@ -12,11 +12,11 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from fluxedit.jobs.store import metadata, open_database
+from fluxedit.jobs.store import JobStore, open_database
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 BASELINE_REVISION = "0001"  # the schema create_all made before migrations existed
-_PG_LOCK_ID = 0x666C7578  # "flux": an arbitrary, fixed advisory lock id
+_PG_LOCK_ID = 0x666C7578  # the lock JobStore.create_schema takes too: the two never overlap
 
 
 def _alembic_config(connection: Connection):
@@ -33,7 +33,7 @@ def upgrade_database(database: str | Engine) -> None:
     engine = open_database(database) if isinstance(database, str) else database
     try:
         if engine.dialect.name == "sqlite":
-            metadata.create_all(engine)  # one file, one machine: no migration history needed
+            JobStore(engine).create_schema()  # one file, one machine: no migration history kept
             return
         from alembic import command
 
