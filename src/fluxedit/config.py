@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(2.0, gt=0, description="Local workers look for queued jobs at least this often.")
     recover_interval_s: float = Field(5.0, gt=0, description="How often jobs with expired leases are re-queued.")
 
+    # --- the cluster mode (broker_url set) ----------------------------------------
+    broker_visibility_timeout_s: int = Field(
+        3600, ge=60, description="Redis: an unacknowledged message is delivered again after this long."
+    )
+
     # --- engines -----------------------------------------------------------------
     device: str | None = Field(None, description="cuda, cpu, ...; default: cuda if available.")
     cpu_offload: bool = False
