@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(600.0, gt=0)
     max_queued_per_model: int = Field(100, ge=1)
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, description="Any request body (bounds inline data: URIs, and uploads too)."
+    )
     allow_unauthenticated: bool = Field(False, description="Only honoured on a loopback bind.")
 
     # --- inputs ----------------------------------------------------------------
