@@ -5,4 +5,5 @@ pytest_plugins = [
     "_fixtures_jobs",
     "_fixtures_cluster",
     "_fixtures_bfl",
+    "_fixtures_playground",
 ]

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(600.0, gt=0)
     max_queued_per_model: int = Field(100, ge=1)
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, description="Any request body (bounds inline data: URIs, and uploads too)."
+    )
     allow_unauthenticated: bool = Field(False, description="Only honoured on a loopback bind.")
 
     # --- inputs ----------------------------------------------------------------
@@ -55,11 +58,32 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(2.0, gt=0, description="Local workers look for queued jobs at least this often.")
     recover_interval_s: float = Field(5.0, gt=0, description="How often jobs with expired leases are re-queued.")
 
+    # --- the cluster mode (broker_url set) ----------------------------------------
+    broker_visibility_timeout_s: int = Field(
+        3600, ge=60, description="Redis: an unacknowledged message is delivered again after this long."
+    )
+
     # --- engines -----------------------------------------------------------------
     device: str | None = Field(None, description="cuda, cpu, ...; default: cuda if available.")
     cpu_offload: bool = False
     default_steps: int | None = Field(None, ge=1, le=100, description="None: the model's own default.")
     guidance_scale: float | None = None
+
+    # --- engine speed (engines/speed.py SpeedOptions; lossless unless noted) ------
+    bf16: bool = Field(True, description="bfloat16 on CUDA (the models' own dtype); float32 on CPU either way.")
+    fuse_qkv: bool = Field(True, description="Fuse the Q/K/V projections of the double blocks.")
+    compile: str = Field(
+        "auto",
+        pattern="^(auto|off|regional)$",
+        description="torch.compile of the repeated transformer blocks at load; auto: on CUDA only.",
+    )
+    attention_backend: str = Field(
+        "native", description="diffusers attention backend: native (PyTorch SDPA), _native_cudnn, flash, ..."
+    )
+    vae_channels_last: bool | None = Field(None, description="VAE convolutions in channels-last layout; default: on CUDA.")
+    vae_tiling: bool = Field(True, description="Tiled VAE for outputs of 4 megapixels or more (bounds memory).")
+    fp8: bool = Field(False, description="Lossy: torchao float8 dynamic quantization of the transformer (CUDA, sm89+).")
+    warm_up: bool | None = Field(None, description="One small edit at load so the first request is not slow; default: on CUDA.")
 
     # --- Black Forest Labs' hosted API --------------------------------------------
     bfl_api_key: str | None = Field(None, repr=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from PIL import Image
 
 from fluxedit.config import Settings
 from fluxedit.engines.base import EditRequest, ProgressCallback
+from fluxedit.engines.speed import SpeedOptions, apply_speed_options, configure_vae_tiling, warm_up
 from fluxedit.errors import EditCancelled, InvalidInput, ModelUnavailable
 
 # model_index.json `_class_name` -> the pipeline that runs it.
@@ -48,10 +49,11 @@ class Flux2Options:
     """How to run the model. None means: decide from the machine / the model."""
 
     device: str | None = None  # default: cuda if available, else cpu
-    dtype: torch.dtype | None = None  # default: bfloat16 on cuda, float32 elsewhere
+    dtype: torch.dtype | None = None  # default: bfloat16 on cuda (unless speed.bf16 is off), float32 elsewhere
     cpu_offload: bool = False  # keep only the running component on the GPU
     default_steps: int | None = None  # default: the model's own (see model_defaults)
     guidance: float | None = None  # default: the model's own
+    speed: SpeedOptions = field(default_factory=SpeedOptions)  # see engines/speed.py
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Flux2Options:
@@ -60,6 +62,7 @@ class Flux2Options:
             cpu_offload=settings.cpu_offload,
             default_steps=settings.default_steps,
             guidance=settings.guidance_scale,
+            speed=SpeedOptions.from_settings(settings),
         )
 
 
@@ -82,7 +85,7 @@ def model_defaults(pipe: DiffusionPipeline) -> ModelDefaults:
 
 def resolve_placement(options: Flux2Options) -> tuple[str, torch.dtype]:
     device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = options.dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    dtype = options.dtype or options.speed.dtype_for(device)
     return device, dtype
 
 
@@ -160,6 +163,15 @@ class Flux2Engine:
         self.pipe: DiffusionPipeline | None = None
         self._lock = threading.Lock()  # one load, one edit at a time: a pipeline is not thread-safe
 
+    @classmethod
+    def from_pipeline(
+        cls, pipe: DiffusionPipeline, options: Flux2Options | None = None, *, source: str = "<in-memory>"
+    ) -> Flux2Engine:
+        """An engine around a pipeline built in memory (already on its device): speed options and warm-up applied."""
+        engine = cls(source, options)
+        engine.pipe = engine._prepare(pipe, str(next(pipe.transformer.parameters()).device))
+        return engine
+
     def __repr__(self) -> str:
         return f"Flux2Engine({self.source!r})"
 
@@ -183,7 +195,14 @@ class Flux2Engine:
             pipe.enable_model_cpu_offload(device=device)
         else:
             pipe.to(device)
+        return self._prepare(pipe, device)
+
+    def _prepare(self, pipe: DiffusionPipeline, device: str) -> DiffusionPipeline:
         pipe.set_progress_bar_config(disable=True)  # progress goes through our callback
+        speed = self.options.speed
+        apply_speed_options(pipe, speed, device=device)
+        if speed.warms_up_on(device):
+            warm_up(pipe)  # compiles now, so the first request is not the slow one
         return pipe
 
     @property
@@ -218,6 +237,7 @@ class Flux2Engine:
             return {}
 
         with self._lock:
+            configure_vae_tiling(self.pipe, self.options.speed, width=request.width, height=request.height)
             try:
                 images = self.pipe(**kwargs, callback_on_step_end=on_step_end).images
             except BaseException as exc:

@@ -47,6 +47,7 @@ def decode_reference(
 
     `index` is the image's position in `image_urls`; it goes into errors. With
     `target_pixels=None` the image keeps its full size (no resize, no crop).
+    `image.info["source_size"]` is the (width, height) before resizing and cropping.
 
     Raises `ImageInputError` with code `input_not_image` (not an image, truncated,
     unsupported format), `input_too_large` (more than `max_pixels` pixels) or
@@ -56,6 +57,9 @@ def decode_reference(
     width, height = image.size
     _check_header_size(width, height, index=index, max_pixels=max_pixels)
 
+    # The size a person sees (EXIF orientation applied), before any resize or crop:
+    # "auto" output sizes follow its aspect ratio, not the cropped one.
+    source_size = (height, width) if _swaps_sides(image) else (width, height)
     size = None
     if target_pixels is not None and width * height > target_pixels:
         # From the header's size, as diffusers' Flux2ImageProcessor computes it.
@@ -73,11 +77,12 @@ def decode_reference(
     except Exception as exc:  # Pillow's decoders raise many types on corrupt data
         raise _not_image(index, f"its data is damaged or truncated ({exc})") from exc
 
-    if target_pixels is None:
-        return image
-    if size is not None:
-        image = image.resize(size, _resample(image.size, size))
-    return _crop16(image)
+    if target_pixels is not None:
+        if size is not None:
+            image = image.resize(size, _resample(image.size, size))
+        image = _crop16(image)
+    image.info["source_size"] = source_size
+    return image
 
 
 def encode_image(image: Image.Image, fmt: str) -> bytes:

@@ -11,13 +11,11 @@ shutting down, or this worker lost the job.
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
 from collections.abc import Callable
 
-from PIL import ExifTags, Image
 from pydantic import ValidationError
 
 from fluxedit.config import Settings
@@ -125,8 +123,9 @@ def _run(
     references = [
         decode_reference(data, index=i, max_pixels=settings.max_image_pixels) for i, data in enumerate(datas)
     ]
-    width, height = params.output_size(_seen_size(datas[0]))
     del datas
+    # "auto" follows the first reference as people see it, not its 16-px crop.
+    width, height = params.output_size(references[0].info.get("source_size", references[0].size))
     lease.check()
     engine.load()  # idempotent; may take long the first time, the lease thread covers it
     lease.check()
@@ -169,21 +168,6 @@ def _run(
     for key in keys:
         _delete_quietly(storage, key)
     return None
-
-
-def _seen_size(data: bytes) -> tuple[int, int]:
-    """A reference's size as people see it (EXIF orientation applied), from its header.
-
-    "auto" keeps this aspect ratio, not that of the decoded model input, which is
-    cropped to multiples of 16. `data` has already been decoded once, so it opens.
-    """
-    with Image.open(io.BytesIO(data)) as image:
-        width, height = image.size
-        try:
-            turned = image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
-        except Exception:  # unreadable EXIF: the decoder ignores it too
-            turned = False
-    return (height, width) if turned else (width, height)
 
 
 def _stopped(job: Job, lease: _Lease, store: JobStore, worker_id: str) -> JobState | None:
