@@ -130,12 +130,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    from fluxedit.jobs.migrate import upgrade_database
     from fluxedit.jobs.store import KeyStore
 
     settings = _settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     keys = KeyStore(settings.resolved_database_url)
-    keys.create_schema()  # `keys create` may come before the first `serve`
+    upgrade_database(keys.engine)  # `keys create` may come before the first `serve`
     if args.keys_command == "create":
         key_id, secret = keys.create(args.name)
         print(secret)
