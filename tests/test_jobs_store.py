@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -44,7 +44,7 @@ def test_job_runs_through_its_states_once(job_store: JobStore) -> None:
     assert job.state is JobState.in_queue
     assert job.attempts == 0 and job.started_at is None
     assert job.created_at.tzinfo is not None
-    assert abs(job.created_at - datetime.now(timezone.utc)) < timedelta(hours=1)
+    assert abs(job.created_at - datetime.now(UTC)) < timedelta(hours=1)
 
     claimed = job_store.claim_next([MODEL], "worker-1", lease_s=60)
     assert claimed is not None and claimed.id == job.id
