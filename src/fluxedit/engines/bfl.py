@@ -159,6 +159,8 @@ class BflEngine:
         self._settings = settings
         self._base_url = (base_url or settings.bfl_base_url or REGION_URLS[settings.bfl_region]).rstrip("/")
         self._slots = slots if slots is not None else make_slots(settings)
+        # Jobs a LocalDispatcher runs at once for this engine: the work happens at BFL.
+        self.concurrency = settings.bfl_max_concurrent
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
 
