@@ -77,3 +77,16 @@ def test_cli_size_argument():
     assert sizes.parse_size_arg("1000x700") == (992, 688)
     with pytest.raises(InvalidInput, match="not a size"):
         sizes.parse_size_arg("big")
+
+
+def test_openapi_carries_the_size_rules_the_playground_reads():
+    from fastapi import FastAPI
+
+    from fluxedit.api.routes import router
+
+    app = FastAPI()
+    app.include_router(router)
+    field = app.openapi()["components"]["schemas"]["EditInput"]["properties"]["image_size"]
+    assert {k: (v["width"], v["height"]) for k, v in field["x-presets"].items()} == sizes.PRESETS
+    assert field["x-size-rules"]["max_pixels"] == sizes.MAX_PIXELS
+    assert field["x-size-rules"]["multiple"] == 16

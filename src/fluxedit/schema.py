@@ -14,6 +14,7 @@ from fluxedit.errors import InvalidInput
 MAX_REFERENCES = 10
 MAX_PROMPT_CHARS = 10_000
 MAX_URL_CHARS = 8_192
+MAX_CUSTOM_SIDE = 65_536  # the area bound (4 MP) is the real limit; this only bounds the numbers
 # A data: URI carries the image itself: bounded here, the decoder enforces the byte cap.
 MAX_DATA_URI_CHARS = 70 * 1024 * 1024
 
@@ -26,8 +27,8 @@ class CustomImageSize(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    width: int = Field(..., ge=sizes.MIN_SIDE, le=65536, examples=[1024])
-    height: int = Field(..., ge=sizes.MIN_SIDE, le=65536, examples=[768])
+    width: int = Field(..., ge=sizes.MIN_SIDE, le=MAX_CUSTOM_SIDE, examples=[1024])
+    height: int = Field(..., ge=sizes.MIN_SIDE, le=MAX_CUSTOM_SIDE, examples=[768])
 
     @model_validator(mode="after")
     def _bounded(self) -> CustomImageSize:
@@ -84,6 +85,17 @@ class EditInput(BaseModel):
     image_size: ImageSize = Field(
         "auto",
         description="A preset, \"auto\" (the first reference's aspect ratio at about 1 MP) or {width, height}.",
+        # The size rules, machine-readable in /openapi.json: the playground reads them from here.
+        json_schema_extra={
+            "x-presets": {name: {"width": w, "height": h} for name, (w, h) in sizes.PRESETS.items()},
+            "x-size-rules": {
+                "multiple": sizes.MULTIPLE,
+                "min_side": sizes.MIN_SIDE,
+                "max_side": MAX_CUSTOM_SIDE,
+                "max_pixels": sizes.MAX_PIXELS,
+                "auto_pixels": sizes.AUTO_PIXELS,
+            },
+        },
     )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Same seed, same inputs: same image.")
     output_format: OutputFormat = "jpeg"

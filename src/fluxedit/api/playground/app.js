@@ -7,6 +7,7 @@ import { Run } from "./jobs.js";
 import { References } from "./references.js";
 import { ResultView } from "./result.js";
 import { SizePicker } from "./sizepicker.js";
+import { loadSizeRules } from "./sizes.js";
 import { curlSnippet, pythonSnippet } from "./snippets.js";
 
 const KEY_STORAGE = "fluxedit.apiKey";
@@ -410,4 +411,5 @@ class Playground {
   }
 }
 
+await loadSizeRules(new URL(".", document.baseURI));
 new Playground();

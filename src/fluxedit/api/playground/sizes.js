@@ -1,19 +1,33 @@
-// Output sizes, the same table and rules as fluxedit/sizes.py, so the form can check them live.
+// Output sizes: the presets and rules come from the server's own schema (/openapi.json,
+// EditInput.image_size: its enum, x-presets and x-size-rules), so the form checks them
+// live by exactly the rules the server applies. `loadSizeRules` fills these bindings.
 
-export const PRESETS = [
-  { id: "square_hd", label: "Square HD", width: 1024, height: 1024 },
-  { id: "square", label: "Square", width: 512, height: 512 },
-  { id: "portrait_4_3", label: "Portrait 4:3", width: 768, height: 1024 },
-  { id: "portrait_16_9", label: "Portrait 16:9", width: 576, height: 1024 },
-  { id: "landscape_4_3", label: "Landscape 4:3", width: 1024, height: 768 },
-  { id: "landscape_16_9", label: "Landscape 16:9", width: 1024, height: 576 },
-];
+export let PRESETS = [];
+export let MULTIPLE = 16;
+export let MIN_SIDE = 64;
+export let MAX_SIDE = 65536;
+export let MAX_PIXELS = 4 * 1024 * 1024;
+let AUTO_PIXELS = 1024 * 1024;
 
-export const MULTIPLE = 16;
-export const MIN_SIDE = 64;
-export const MAX_SIDE = 65536;
-export const MAX_PIXELS = 4 * 1024 * 1024;
-const AUTO_PIXELS = 1024 * 1024;
+/** "portrait_4_3" -> "Portrait 4:3", "square_hd" -> "Square HD". */
+function presetLabel(id) {
+  const words = id.split("_");
+  const name = words.filter((w) => !/^\d+$/.test(w)).map((w) => (w === "hd" ? "HD" : w[0].toUpperCase() + w.slice(1)));
+  const ratio = words.filter((w) => /^\d+$/.test(w)).join(":");
+  return [...name, ratio].filter(Boolean).join(" ");
+}
+
+/** Read the size presets and rules from the server's OpenAPI schema. */
+export async function loadSizeRules(baseUrl) {
+  const response = await fetch(new URL("openapi.json", baseUrl));
+  if (!response.ok) throw new Error(`Could not read the size rules (/openapi.json answered ${response.status}).`);
+  const field = (await response.json()).components.schemas.EditInput.properties.image_size;
+  const names = field.oneOf.find((branch) => Array.isArray(branch.enum)).enum;
+  const presets = field["x-presets"];
+  PRESETS = names.filter((id) => presets[id]).map((id) => ({ id, label: presetLabel(id), ...presets[id] }));
+  const rules = field["x-size-rules"];
+  ({ multiple: MULTIPLE, min_side: MIN_SIDE, max_side: MAX_SIDE, max_pixels: MAX_PIXELS, auto_pixels: AUTO_PIXELS } = rules);
+}
 
 // Python's round() rounds halves to even; match it so "auto" shows what the server makes.
 function roundHalfEven(x) {
@@ -59,10 +73,11 @@ export function checkCustomSize(widthText, heightText) {
   const height = sides.height - (sides.height % MULTIPLE);
   if (width * height > MAX_PIXELS) {
     const mp = ((width * height) / 1e6).toFixed(1);
+    const square = Math.floor(Math.sqrt(MAX_PIXELS) / MULTIPLE) * MULTIPLE;
     return {
       ok: false,
       field: "size",
-      message: `${width} × ${height} is ${mp} megapixels; at most 4.2 megapixels (${MAX_PIXELS.toLocaleString("en")} pixels, e.g. 2048 × 2048) are allowed.`,
+      message: `${width} × ${height} is ${mp} megapixels; at most ${(MAX_PIXELS / 1e6).toFixed(1)} megapixels (${MAX_PIXELS.toLocaleString("en")} pixels, e.g. ${square} × ${square}) are allowed.`,
     };
   }
   return { ok: true, width, height, rounded: width !== sides.width || height !== sides.height };
