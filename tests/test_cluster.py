@@ -22,9 +22,10 @@ from _fixtures_cluster import Process, S3Server
 from _fixtures_server import LiveServer, fluxedit_env
 from PIL import Image
 
-from fluxedit.jobs.celery_app import queue_name
+from fluxedit.config import Settings
+from fluxedit.jobs.celery_app import queue_name, resend_queued
 from fluxedit.jobs.migrate import current_revision, upgrade_database
-from fluxedit.jobs.store import metadata, open_database
+from fluxedit.jobs.store import JobStore, metadata, open_database
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
@@ -252,6 +253,21 @@ def test_cancel_a_queued_and_a_running_job(cluster: Cluster) -> None:
     # The workers are free again: a new job runs.
     after = cluster.submit(BETA, edit_body())
     assert cluster.wait_for(after, {"completed", "failed", "cancelled"})["status"] == "completed"
+
+
+def test_queued_jobs_whose_message_was_lost_run_after_resend(cluster: Cluster) -> None:
+    store = JobStore(cluster.database_url)
+    try:
+        # Queued in the table with no message, as after a Redis restart without persistence.
+        job = store.submit("lost-message-key", BETA, edit_body(), max_queued=100)
+        assert resend_queued(Settings(**cluster.settings)) == 1
+        deadline = time.monotonic() + 300
+        while (state := store.get(job.id).state.value) not in {"completed", "failed"} and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert state == "completed"
+    finally:
+        store.dispose()
+    assert cluster.bucket_keys(f"fx/outputs/{job.id}/") == [f"fx/outputs/{job.id}/0.jpg"]
 
 
 def test_a_worker_killed_mid_job_leaves_it_to_the_other(cluster: Cluster) -> None:
