@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(600.0, gt=0)
     max_queued_per_model: int = Field(100, ge=1)
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, description="Any request body (bounds inline data: URIs, and uploads too)."
+    )
     allow_unauthenticated: bool = Field(False, description="Only honoured on a loopback bind.")
 
     # --- inputs ----------------------------------------------------------------
@@ -52,6 +55,8 @@ class Settings(BaseSettings):
     # --- jobs ------------------------------------------------------------------
     max_attempts: int = Field(3, ge=1)
     lease_s: float = Field(60.0, gt=0, description="A running job's lease; renewed by its worker's heartbeat.")
+    poll_interval_s: float = Field(2.0, gt=0, description="Local workers look for queued jobs at least this often.")
+    recover_interval_s: float = Field(5.0, gt=0, description="How often jobs with expired leases are re-queued.")
 
     # --- the cluster mode (broker_url set) ----------------------------------------
     broker_visibility_timeout_s: int = Field(
@@ -64,10 +69,31 @@ class Settings(BaseSettings):
     default_steps: int | None = Field(None, ge=1, le=100, description="None: the model's own default.")
     guidance_scale: float | None = None
 
+    # --- engine speed (engines/speed.py SpeedOptions; lossless unless noted) ------
+    bf16: bool = Field(True, description="bfloat16 on CUDA (the models' own dtype); float32 on CPU either way.")
+    fuse_qkv: bool = Field(True, description="Fuse the Q/K/V projections of the double blocks.")
+    compile: str = Field(
+        "auto",
+        pattern="^(auto|off|regional)$",
+        description="torch.compile of the repeated transformer blocks at load; auto: on CUDA only.",
+    )
+    attention_backend: str = Field(
+        "native", description="diffusers attention backend: native (PyTorch SDPA), _native_cudnn, flash, ..."
+    )
+    vae_channels_last: bool | None = Field(None, description="VAE convolutions in channels-last layout; default: on CUDA.")
+    vae_tiling: bool = Field(True, description="Tiled VAE for outputs of 4 megapixels or more (bounds memory).")
+    fp8: bool = Field(False, description="Lossy: torchao float8 dynamic quantization of the transformer (CUDA, sm89+).")
+    warm_up: bool | None = Field(None, description="One small edit at load so the first request is not slow; default: on CUDA.")
+
     # --- Black Forest Labs' hosted API --------------------------------------------
     bfl_api_key: str | None = Field(None, repr=False)
     bfl_region: str = Field("global", pattern="^(global|eu|us)$")
-    bfl_max_concurrent: int = Field(24, ge=1)
+    bfl_max_concurrent: int = Field(24, ge=1, description="Tasks in flight at BFL per process (BFL allows 24 per key).")
+    bfl_base_url: str | None = Field(None, description="Overrides the region's URL: a proxy, or a local test server.")
+    bfl_timeout_s: float = Field(600.0, gt=0, description="Longest wait for a forwarded task to finish at BFL.")
+    bfl_busy_retry_s: float = Field(120.0, ge=0, description="How long a submit is retried while BFL answers 429.")
+    bfl_network_retries: int = Field(3, ge=0, description="Retries of one call to BFL after a network error.")
+    bfl_backoff_s: float = Field(0.5, gt=0, description="First wait between polls and retries; grows up to 5 s.")
 
     @property
     def resolved_database_url(self) -> str:

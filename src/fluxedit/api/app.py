@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from fluxedit import __version__
 from fluxedit.api.errors import install_error_handlers
+from fluxedit.api.limits import BodySizeLimit
 from fluxedit.api.routes import router
 from fluxedit.config import Settings
 from fluxedit.engines.base import Engine
@@ -74,7 +75,7 @@ def build_services(
     signer = UrlSigner.from_settings(settings)
     storage = open_storage(settings, signer)
     served = {m.id: m for m in models}
-    dispatcher = dispatcher_factory(store, served, storage) if dispatcher_factory else None
+    dispatcher = dispatcher_factory(store, served, storage, signer) if dispatcher_factory else None
     return Services(
         settings=settings,
         models=served,
@@ -107,6 +108,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=services.settings.max_request_bytes)
     app.include_router(router)
     playground = resources.files("fluxedit.api") / "playground"
     app.mount("/playground", StaticFiles(directory=str(playground)), name="playground")
