@@ -105,7 +105,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     services = build_services(
         settings,
         served,
-        None if args.no_workers else _dispatcher_factory(settings),
+        # --no-workers drops the in-process workers; with a broker, jobs go to the Celery workers regardless.
+        None if args.no_workers and not settings.broker_url else _dispatcher_factory(settings),
         allow_unauthenticated=no_auth,
     )
     if not no_auth and services.keys.count_active() == 0:
@@ -130,12 +131,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    from fluxedit.jobs.migrate import upgrade_database
     from fluxedit.jobs.store import KeyStore
 
     settings = _settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     keys = KeyStore(settings.resolved_database_url)
-    keys.create_schema()  # `keys create` may come before the first `serve`
+    upgrade_database(keys.engine)  # `keys create` may come before the first `serve`
     if args.keys_command == "create":
         key_id, secret = keys.create(args.name)
         print(secret)
