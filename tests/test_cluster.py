@@ -227,6 +227,24 @@ def test_forty_jobs_over_two_models_run_on_both_workers(cluster: Cluster) -> Non
     assert (image.format, image.size) == ("JPEG", (64, 64))
 
 
+def test_an_upload_to_one_api_process_is_a_reference_for_a_job_on_another(cluster: Cluster) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (80, 64), (200, 30, 30)).save(buffer, "PNG")
+    with cluster.client(0) as http:
+        uploaded = http.post("/v1/files", files={"file": ("red.png", buffer.getvalue(), "image/png")})
+    assert uploaded.status_code == 200, uploaded.text
+    url = uploaded.json()["url"]
+    # An API URL, signed with the cluster's shared secret: any API process serves it.
+    assert url.startswith(cluster.apis[0].base_url + "/files/uploads/")
+    assert httpx.get(url.replace(cluster.apis[0].base_url, cluster.apis[1].base_url)).content == buffer.getvalue()
+    assert len(cluster.bucket_keys("fx/uploads/")) >= 1
+
+    body = {**edit_body(), "image_urls": [url], "image_size": "auto"}
+    rid = cluster.submit(ALPHA, body, via=1)
+    final = cluster.wait_for(rid, {"completed", "failed", "cancelled"}, via=0)
+    assert final["status"] == "completed", final.get("error")
+
+
 def test_cancel_a_queued_and_a_running_job(cluster: Cluster) -> None:
     # Two long jobs keep both workers busy, so a third one waits in the queue.
     running = [cluster.submit(model, edit_body(steps=100), via=n) for n, model in enumerate((ALPHA, BETA))]
