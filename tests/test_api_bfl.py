@@ -115,3 +115,13 @@ def test_models_say_these_are_hosted_by_bfl(bfl_server):
         models = {m["id"]: m for m in http.get("/v1/models").json()["models"]}
     assert models[PRO]["engine"] == "bfl" and models[PRO]["source"] == "bfl:flux-2-pro"
     assert models[PRO]["max_references"] == 8
+
+
+def test_forwarded_jobs_run_side_by_side(bfl_server, fake_bfl, refs):
+    body = {"prompt": "[slow] together", "image_urls": refs[:1], "image_size": "square"}
+    with bfl_server.client() as http:
+        ids = [http.post(f"/v1/models/{PRO}", json=body).json()["request_id"] for _ in range(3)]
+    finals = [bfl_server.wait_for(i, {"completed", "failed"}, timeout=60) for i in ids]
+    assert [f["status"] for f in finals] == ["completed"] * 3
+    first_finished = min(f["finished_at"] for f in finals)
+    assert all(f["started_at"] < first_finished for f in finals), "all three were at BFL at once"

@@ -13,15 +13,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
-from _fixtures_cluster import Process, S3Server
-from _fixtures_server import LiveServer, fluxedit_env
 from PIL import Image
 
+from _fixtures_cluster import Process, S3Server
+from _fixtures_server import LiveServer, fluxedit_env
 from fluxedit.config import Settings
 from fluxedit.jobs.celery_app import queue_name, resend_queued
 from fluxedit.jobs.migrate import current_revision, upgrade_database

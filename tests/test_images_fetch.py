@@ -13,12 +13,11 @@ import concurrent.futures
 import gzip
 import ipaddress
 import socket
-
 from collections.abc import Iterator
 
 import pytest
-from _fixtures_images import ImageServer
 
+from _fixtures_images import ImageServer
 from fluxedit.config import Settings
 from fluxedit.errors import ImageInputError
 from fluxedit.images.fetch import check_address, fetch_references

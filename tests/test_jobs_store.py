@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -44,7 +44,7 @@ def test_job_runs_through_its_states_once(job_store: JobStore) -> None:
     assert job.state is JobState.in_queue
     assert job.attempts == 0 and job.started_at is None
     assert job.created_at.tzinfo is not None
-    assert abs(job.created_at - datetime.now(timezone.utc)) < timedelta(hours=1)
+    assert abs(job.created_at - datetime.now(UTC)) < timedelta(hours=1)
 
     claimed = job_store.claim_next([MODEL], "worker-1", lease_s=60)
     assert claimed is not None and claimed.id == job.id
@@ -383,3 +383,18 @@ def test_several_processes_may_create_the_schema_at_once(database_url: str) -> N
     finally:
         for store in stores:
             store.dispose()
+
+
+def test_keys_cli_on_a_fresh_data_dir(tmp_path: Path) -> None:
+    from _fixtures_server import run_cli
+
+    data_dir = tmp_path / "fresh"
+    created = run_cli("keys", "create", "--name", "laptop", data_dir=data_dir)
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert secret.startswith("fe_") and "Traceback" not in created.stderr
+    listed = run_cli("keys", "list", data_dir=data_dir)
+    assert "laptop" in listed.stdout and "active" in listed.stdout and secret not in listed.stdout
+    key_id = listed.stdout.split()[0]
+    assert run_cli("keys", "revoke", key_id, data_dir=data_dir).returncode == 0
+    assert KeyStore(f"sqlite:///{data_dir / 'fluxedit.db'}").verify(secret) is None

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from fluxedit.config import Settings
 from fluxedit.jobs.dispatch import LocalDispatcher
@@ -103,12 +103,27 @@ def test_job_is_edited_and_its_images_stored(job_store, tiny_engine, storage, se
 
 
 def test_auto_size_follows_the_first_reference(job_store, tiny_engine, storage, settings) -> None:
-    job = submit(job_store, image_urls=[png_data_uri((300, 150))], image_size="auto", num_inference_steps=1)
+    # 160x120 goes to the model cropped to 160x112; "auto" keeps the picture's own 4:3.
+    job = submit(job_store, image_urls=[png_data_uri((160, 120))], image_size="auto", num_inference_steps=1)
     assert run(job.id, job_store, tiny_engine, storage, settings) is JobState.completed
     done = job_store.get(job.id)
-    assert (done.width, done.height) == auto_size(300, 150)  # 2:1 like the reference, about one megapixel
+    assert (done.width, done.height) == auto_size(160, 120) == (1184, 880)
     assert done.outputs[0].endswith(".jpg")
     assert Image.open(io.BytesIO(storage.get(done.outputs[0]))).format == "JPEG"
+
+
+def test_auto_size_of_a_turned_photo_is_upright(job_store, tiny_engine, storage, settings) -> None:
+    # Stored 256x128 with EXIF "rotate 90": people see it 128 wide, 256 tall.
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    buffer = io.BytesIO()
+    Image.new("RGB", (256, 128), (10, 10, 10)).save(buffer, "JPEG", exif=exif)
+    uri = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    job = submit(job_store, image_urls=[uri], image_size="auto", num_inference_steps=1)
+    assert run(job.id, job_store, tiny_engine, storage, settings) is JobState.completed
+    done = job_store.get(job.id)
+    assert (done.width, done.height) == auto_size(128, 256)
+    assert done.height > done.width
 
 
 def test_uploaded_file_url_is_read_from_storage_not_fetched(

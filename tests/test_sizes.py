@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from _fixtures_engine import reference_image
 from fluxedit import sizes
 from fluxedit.engines.base import EditRequest
 from fluxedit.errors import InvalidInput
 from fluxedit.schema import EditInput
-
-from _fixtures_engine import reference_image
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

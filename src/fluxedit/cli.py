@@ -11,7 +11,6 @@ from pathlib import Path
 from fluxedit.config import Settings
 from fluxedit.errors import FluxeditError, InvalidInput
 
-
 ENGINE_FLAGS = ("device", "cpu_offload", "compile", "attention_backend", "fuse_qkv", "fp8", "vae_tiling")
 
 

@@ -32,6 +32,11 @@ class EditRequest:
 
 @runtime_checkable
 class Engine(Protocol):
+    """An engine may also set `concurrency` (default 1): how many jobs may run at once.
+
+    A GPU engine runs one job at a time; one that forwards jobs to a hosted API can run many.
+    """
+
     kind: str  # "diffusers", "bfl", ...
     max_references: int
 

@@ -45,6 +45,7 @@ Not found in BFL's own reference pages, taken from elsewhere:
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import ipaddress
 import json
@@ -158,6 +159,8 @@ class BflEngine:
         self._settings = settings
         self._base_url = (base_url or settings.bfl_base_url or REGION_URLS[settings.bfl_region]).rstrip("/")
         self._slots = slots if slots is not None else make_slots(settings)
+        # Jobs a LocalDispatcher runs at once for this engine: the work happens at BFL.
+        self.concurrency = settings.bfl_max_concurrent
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
 
@@ -353,7 +356,7 @@ class BflEngine:
         """Fetch the result (no key sent), within its 10-minute life, capped in bytes."""
         for _ in range(_MAX_REDIRECTS + 1):
             self._check_result_url(url)
-            data, location = self._retrying(lambda: self._fetch_result(url), url)
+            data, location = self._retrying(functools.partial(self._fetch_result, url), url)
             if location is None:
                 return self._decode(data)
             url = urljoin(url, location)

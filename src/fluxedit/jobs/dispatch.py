@@ -45,7 +45,7 @@ class Dispatcher(Protocol):
 
 @dataclass
 class _Group:
-    """One engine object, the model ids that alias it, and the thread that runs its jobs."""
+    """One worker thread: its engine, the model ids that alias that engine, its worker id."""
 
     engine: Engine
     model_ids: list[str]
@@ -95,14 +95,20 @@ class LocalDispatcher:
         self._periodic: list[_Periodic] = [_Periodic(settings.recover_interval_s, self._recover)]
         self._housekeeper: threading.Thread | None = None
         base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        by_engine: dict[int, _Group] = {}
+        model_ids_of: dict[int, list[str]] = {}
         for model_id, engine in self.engines.items():
-            group = by_engine.get(id(engine))
-            if group is None:
-                group = by_engine[id(engine)] = _Group(engine, [], f"{base}:{len(by_engine)}")
-            group.model_ids.append(model_id)
-        self._groups = list(by_engine.values())
-        self._group_of = {m: g for g in self._groups for m in g.model_ids}
+            model_ids_of.setdefault(id(engine), []).append(model_id)
+        # One thread per engine (a GPU runs one job at a time); an engine that only
+        # forwards jobs elsewhere (BFL) says how many it can have in flight.
+        self._groups = [
+            _Group(self.engines[ids[0]], ids, f"{base}:{n}:{slot}")
+            for n, ids in enumerate(model_ids_of.values())
+            for slot in range(max(1, getattr(self.engines[ids[0]], "concurrency", 1)))
+        ]
+        self._groups_of: dict[str, list[_Group]] = {}
+        for group in self._groups:
+            for model_id in group.model_ids:
+                self._groups_of.setdefault(model_id, []).append(group)
 
     @property
     def model_ids(self) -> list[str]:
@@ -124,8 +130,7 @@ class LocalDispatcher:
             group.thread.start()
 
     def notify(self, job: Job) -> None:
-        group = self._group_of.get(job.model_id)
-        if group is not None:
+        for group in self._groups_of.get(job.model_id, []):
             group.wake.set()
 
     def stop(self, *, interrupt: bool = True, timeout: float | None = None) -> None:

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from fluxedit.errors import FluxeditError, InvalidInput
 from fluxedit.schema import JobState
 
-UTC = timezone.utc
+UTC = UTC
 
 # --- errors ------------------------------------------------------------------------
 

@@ -124,6 +124,7 @@ def _run(
         decode_reference(data, index=i, max_pixels=settings.max_image_pixels) for i, data in enumerate(datas)
     ]
     del datas
+    # "auto" follows the first reference as people see it, not its 16-px crop.
     width, height = params.output_size(references[0].info.get("source_size", references[0].size))
     lease.check()
     engine.load()  # idempotent; may take long the first time, the lease thread covers it
