@@ -115,7 +115,8 @@ def s3_bucket(s3_server: S3Server) -> str:
 # --- PostgreSQL and Redis ---------------------------------------------------------------
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
-REDIS_DB = 13  # a database number no other test uses; flushed before and after
+REDIS_DBS = range(15, 0, -1)
+REDIS_OWNER_KEY = "fluxedit-tests:owner"
 
 
 @pytest.fixture(scope="module")
@@ -142,17 +143,40 @@ def new_postgres_database() -> Iterator:
         admin.close()
 
 
+def _claim_redis_db(redis, token: str):
+    """(client, db) for the first Redis database that is empty and now carries our owner key; None if none."""
+    for db in REDIS_DBS:
+        client = redis.Redis(host="127.0.0.1", port=6379, db=db, socket_connect_timeout=5)
+        try:
+            claimed = client.set(REDIS_OWNER_KEY, token, nx=True, ex=7200)
+        except redis.ResponseError:  # fewer databases configured
+            client.close()
+            return None
+        if claimed and client.dbsize() == 1:
+            return client, db
+        if claimed:
+            client.delete(REDIS_OWNER_KEY)  # the database holds someone else's data
+        client.close()
+    return None
+
+
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    """Redis on 127.0.0.1:6379, database REDIS_DB, empty."""
+    """An empty Redis database on 127.0.0.1:6379 that this test module alone uses.
+
+    Several test runs may share one Redis (helpers, CI): each claims a free database
+    number (15 down to 1; 0 is left alone) with a key of its own, and empties it at the end.
+    """
     redis = pytest.importorskip("redis")
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_connect_timeout=5)
     try:
-        client.flushdb()
+        claim = _claim_redis_db(redis, uuid.uuid4().hex)
     except redis.ConnectionError as exc:
         pytest.skip(f"Redis on 127.0.0.1:6379 is not reachable: {exc}")
+    if claim is None:
+        pytest.skip("no free Redis database (1-15) on 127.0.0.1:6379")
+    client, db = claim
     try:
-        yield f"redis://127.0.0.1:6379/{REDIS_DB}"
+        yield f"redis://127.0.0.1:6379/{db}"
     finally:
         client.flushdb()
         client.close()

@@ -21,9 +21,10 @@ from PIL import Image
 
 from _fixtures_cluster import Process, S3Server
 from _fixtures_server import LiveServer, fluxedit_env
-from fluxedit.jobs.celery_app import queue_name
+from fluxedit.config import Settings
+from fluxedit.jobs.celery_app import queue_name, resend_queued
 from fluxedit.jobs.migrate import current_revision, upgrade_database
-from fluxedit.jobs.store import metadata, open_database
+from fluxedit.jobs.store import JobStore, metadata, open_database
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
@@ -225,6 +226,24 @@ def test_forty_jobs_over_two_models_run_on_both_workers(cluster: Cluster) -> Non
     assert (image.format, image.size) == ("JPEG", (64, 64))
 
 
+def test_an_upload_to_one_api_process_is_a_reference_for_a_job_on_another(cluster: Cluster) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (80, 64), (200, 30, 30)).save(buffer, "PNG")
+    with cluster.client(0) as http:
+        uploaded = http.post("/v1/files", files={"file": ("red.png", buffer.getvalue(), "image/png")})
+    assert uploaded.status_code == 200, uploaded.text
+    url = uploaded.json()["url"]
+    # An API URL, signed with the cluster's shared secret: any API process serves it.
+    assert url.startswith(cluster.apis[0].base_url + "/files/uploads/")
+    assert httpx.get(url.replace(cluster.apis[0].base_url, cluster.apis[1].base_url)).content == buffer.getvalue()
+    assert len(cluster.bucket_keys("fx/uploads/")) >= 1
+
+    body = {**edit_body(), "image_urls": [url], "image_size": "auto"}
+    rid = cluster.submit(ALPHA, body, via=1)
+    final = cluster.wait_for(rid, {"completed", "failed", "cancelled"}, via=0)
+    assert final["status"] == "completed", final.get("error")
+
+
 def test_cancel_a_queued_and_a_running_job(cluster: Cluster) -> None:
     # Two long jobs keep both workers busy, so a third one waits in the queue.
     running = [cluster.submit(model, edit_body(steps=100), via=n) for n, model in enumerate((ALPHA, BETA))]
@@ -251,6 +270,21 @@ def test_cancel_a_queued_and_a_running_job(cluster: Cluster) -> None:
     # The workers are free again: a new job runs.
     after = cluster.submit(BETA, edit_body())
     assert cluster.wait_for(after, {"completed", "failed", "cancelled"})["status"] == "completed"
+
+
+def test_queued_jobs_whose_message_was_lost_run_after_resend(cluster: Cluster) -> None:
+    store = JobStore(cluster.database_url)
+    try:
+        # Queued in the table with no message, as after a Redis restart without persistence.
+        job = store.submit("lost-message-key", BETA, edit_body(), max_queued=100)
+        assert resend_queued(Settings(**cluster.settings)) == 1
+        deadline = time.monotonic() + 300
+        while (state := store.get(job.id).state.value) not in {"completed", "failed"} and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert state == "completed"
+    finally:
+        store.dispose()
+    assert cluster.bucket_keys(f"fx/outputs/{job.id}/") == [f"fx/outputs/{job.id}/0.jpg"]
 
 
 def test_a_worker_killed_mid_job_leaves_it_to_the_other(cluster: Cluster) -> None:

@@ -104,7 +104,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     services = build_services(
         settings,
         served,
-        None if args.no_workers else _dispatcher_factory(settings),
+        # --no-workers drops the in-process workers; with a broker, jobs go to the Celery workers regardless.
+        None if args.no_workers and not settings.broker_url else _dispatcher_factory(settings),
         allow_unauthenticated=no_auth,
     )
     if not no_auth and services.keys.count_active() == 0:

@@ -207,7 +207,9 @@ def upload(request: Request, file: UploadFile, key_id: KeyId) -> FileUploadRespo
     key = f"uploads/{key_id}/{uuid.uuid4().hex}.{ext}"
     services.storage.put(key, data, content_type)
     return FileUploadResponse(
-        url=services.storage.url(key, base_url(request)),
+        # Always the API's signed /files/ URL, even over S3: workers read it straight from
+        # storage (resolve_issued_url), never over the network to a possibly private bucket.
+        url=base_url(request) + services.signer.signed_path(key),
         content_type=content_type,
         size=len(data),
         expires_at=datetime.now(UTC) + timedelta(seconds=services.settings.url_expiry_s),

@@ -24,12 +24,13 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import sqlalchemy as sa
 from celery import Celery
 
 from fluxedit.config import Settings
 from fluxedit.engines.base import Engine
 from fluxedit.errors import InvalidInput
-from fluxedit.jobs.store import Job, JobStore
+from fluxedit.jobs.store import Job, JobStore, jobs_table
 from fluxedit.schema import JobState
 from fluxedit.storage import open_storage, resolve_issued_url
 from fluxedit.storage.base import Storage
@@ -135,6 +136,27 @@ def recover_and_requeue(store: JobStore, send: Callable[[Job], None], settings: 
     if requeued:
         log.warning("re-queued %d job(s) whose worker stopped: %s", len(requeued), ", ".join(requeued))
     return requeued
+
+
+def resend_queued(settings: Settings, app: Celery | None = None) -> int:
+    """Send a message for every in_queue job; returns how many. For after a broker lost its messages.
+
+    Duplicates are harmless: a job runs once whatever the number of its messages.
+    """
+    store = JobStore(settings.resolved_database_url)
+    app = app or create_celery(settings)
+    try:
+        with store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(jobs_table.c.id, jobs_table.c.model_id)
+                .where(jobs_table.c.state == JobState.in_queue.value)
+                .order_by(jobs_table.c.seq)
+            ).all()
+        for row in rows:
+            app.send_task(RUN_JOB_TASK, args=[row.id], queue=queue_name(row.model_id))
+        return len(rows)
+    finally:
+        store.dispose()
 
 
 class _Periodic:
