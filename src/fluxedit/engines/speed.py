@@ -253,13 +253,14 @@ def warm_up(
     `target` is a Flux2Engine (its pipeline is loaded) or a pipeline. The sizes
     are chosen so that no two token counts coincide (dynamic-shape compilation
     would otherwise tie them together and recompile later); one reference and
-    two steps run every kind of forward the [klein] 9B-KV pipeline has.
+    two steps run every kind of forward the [klein] 9B-KV pipeline has. The
+    references are smaller than the output, so that no size is tied to another.
     """
     import time
 
     pipe = getattr(target, "pipe", None) or target
     kwargs: dict[str, Any] = dict(
-        image=[Image.new("RGB", (width, height), (128, 96, 64))] * references or None,
+        image=[Image.new("RGB", (width - 64, height - 64), (128, 96, 64))] * references or None,
         prompt="warm-up",
         width=width,
         height=height,
