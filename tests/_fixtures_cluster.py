@@ -1,13 +1,17 @@
 """Fixtures for the cluster backends: a real S3 endpoint (moto's standalone server).
 
-Other cluster fixtures (PostgreSQL database, Redis db, worker processes) live here too.
+Also fresh PostgreSQL databases, an empty Redis database, and child processes
+whose output the tests read (workers, API servers).
 """
 
 from __future__ import annotations
 
+import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -106,3 +110,93 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def s3_bucket(s3_server: S3Server) -> str:
     """A fresh, empty bucket on the session's S3 server."""
     return s3_server.new_bucket()
+
+
+# --- PostgreSQL and Redis ---------------------------------------------------------------
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+REDIS_DB = 13  # a database number no other test uses; flushed before and after
+
+
+@pytest.fixture(scope="module")
+def new_postgres_database() -> Iterator:
+    """A factory: new_postgres_database() -> the URL of a fresh, empty database (dropped at the end)."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is not reachable: {exc}")
+    names: list[str] = []
+
+    def make() -> str:
+        name = f"fluxedit_cluster_{uuid.uuid4().hex[:12]}"
+        admin.execute(f'CREATE DATABASE "{name}"')
+        names.append(name)
+        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+    try:
+        yield make
+    finally:
+        for name in names:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """Redis on 127.0.0.1:6379, database REDIS_DB, empty."""
+    redis = pytest.importorskip("redis")
+    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_connect_timeout=5)
+    try:
+        client.flushdb()
+    except redis.ConnectionError as exc:
+        pytest.skip(f"Redis on 127.0.0.1:6379 is not reachable: {exc}")
+    try:
+        yield f"redis://127.0.0.1:6379/{REDIS_DB}"
+    finally:
+        client.flushdb()
+        client.close()
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+class Process:
+    """A child process whose combined output is collected line by line."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], name: str) -> None:
+        self.name = name
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_output(self, pattern: str, timeout_s: float = 180.0) -> re.Match:
+        deadline = time.monotonic() + timeout_s
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := regex.search(line):
+                    return match
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited {self.proc.returncode} before printing {pattern!r}:\n{self.log}")
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not print {pattern!r} within {timeout_s} s:\n{self.log}")
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        stop_process(self.proc)

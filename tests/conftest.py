@@ -1,1 +1,9 @@
-pytest_plugins = ["_fixtures_server", "_fixtures_cluster", "_fixtures_bfl", "_fixtures_engine"]
+pytest_plugins = [
+    "_fixtures_server",
+    "_fixtures_images",
+    "_fixtures_engine",
+    "_fixtures_jobs",
+    "_fixtures_cluster",
+    "_fixtures_bfl",
+    "_fixtures_playground",
+]

@@ -234,15 +234,40 @@ def test_requests_are_listed_newest_first_with_a_cursor(tiny_server, refs):
         assert not {r["request_id"] for r in following["requests"]} & {r["request_id"] for r in page["requests"]}
 
 
-def test_a_full_queue_answers_429_with_retry_after(start_server, image_server):
+@pytest.fixture(scope="module")
+def small_limits_server(tmp_path_factory, image_server):
+    from _fixtures_server import LiveServer
+
     image_server.add("/small.png", png(64, 64), "image/png")
-    server = start_server("--model", "tiny", max_queued_per_model="1", fetch_allow='["127.0.0.1"]')
+    limits = {"max_queued_per_model": "1", "max_upload_bytes": "200000", "max_request_bytes": "300000"}
+    server = LiveServer(tmp_path_factory.mktemp("limits"), ("--model", "tiny"), {"fetch_allow": '["127.0.0.1"]', **limits})
+    yield server.start()
+    server.stop()
+
+
+def test_a_full_queue_answers_429_with_retry_after(small_limits_server, image_server):
     body = {"prompt": "x", "image_urls": [image_server.url("/small.png")], "image_size": "square", "num_inference_steps": 100}
-    answers = [submit(server, body) for _ in range(4)]
+    answers = [submit(small_limits_server, body) for _ in range(4)]
     full = [a for a in answers if a.status_code == 429]
     assert full, [a.status_code for a in answers]
     assert full[0].json()["error"]["code"] == "queue_full"
     assert int(full[0].headers["Retry-After"]) >= 1
+    with small_limits_server.client() as http:
+        for answer in answers:
+            if answer.status_code == 200:
+                http.post(f"/v1/requests/{answer.json()['request_id']}/cancel")
+
+
+def test_bodies_and_uploads_are_bounded(small_limits_server):
+    noise = bytes(range(256)) * 1200  # ~300 KB
+    with small_limits_server.client() as http:
+        upload = http.post("/v1/files", files={"file": ("big.png", png(64, 64) + noise[:250_000])})
+        assert upload.status_code == 413 and upload.json()["error"]["code"] == "payload_too_large"
+        inline = "data:image/png;base64," + "A" * 400_000
+        body = http.post(f"/v1/models/{PRO}", json={"prompt": "x", "image_urls": [inline]})
+        assert body.status_code == 413 and "/v1/files" in body.json()["error"]["message"]
+        not_image = http.post("/v1/files", files={"file": ("notes.txt", b"hello")})
+        assert not_image.status_code == 422 and not_image.json()["error"]["code"] == "input_not_image"
 
 
 def test_no_auth_is_refused_off_loopback(tmp_path):

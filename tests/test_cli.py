@@ -78,3 +78,17 @@ def test_a_model_that_is_not_there_suggests_tiny(data_dir, tmp_path):
                    "-i", str(EXAMPLES / "hat.png"), "-o", str(tmp_path / "o.jpg"), data_dir=data_dir)
     assert done.returncode != 0
     assert "--model tiny" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_keys_create_list_revoke_before_any_serve(tmp_path):
+    created = run_cli("keys", "create", "--name", "alice", data_dir=tmp_path)
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert secret.startswith("fe_")
+    listed = run_cli("keys", "list", data_dir=tmp_path)
+    assert "alice" in listed.stdout and secret not in listed.stdout
+    key_id = listed.stdout.split()[0]
+    assert run_cli("keys", "revoke", key_id, data_dir=tmp_path).returncode == 0
+    assert "revoked" in run_cli("keys", "list", data_dir=tmp_path).stdout
+    missing = run_cli("keys", "revoke", "nope", data_dir=tmp_path)
+    assert missing.returncode != 0 and "No active key" in missing.stderr

@@ -8,13 +8,13 @@ import pytest
 import torch
 from diffusers import Flux2KleinKVPipeline, Flux2KleinPipeline, Flux2Pipeline
 
+from _fixtures_engine import reference_image
 from fluxedit.config import Settings
 from fluxedit.engines.base import EditRequest, Engine
 from fluxedit.engines.flux2 import Flux2Engine
 from fluxedit.engines.registry import STANDARD_MODEL_IDS, make_engine, parse_model_spec
 from fluxedit.engines.tiny import build_tiny_pipeline, ensure_tiny_model, save_tiny_model
 from fluxedit.errors import EditCancelled, InvalidInput, ModelUnavailable
-from _fixtures_engine import reference_image
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -11,12 +11,29 @@ from pathlib import Path
 from fluxedit.config import Settings
 from fluxedit.errors import FluxeditError, InvalidInput
 
+ENGINE_FLAGS = ("device", "cpu_offload", "compile", "attention_backend", "fuse_qkv", "fp8", "vae_tiling")
+
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {}
+    """Settings from the environment, with the flags given on the command line on top."""
+    overrides = {name: getattr(args, name) for name in ENGINE_FLAGS if getattr(args, name, None) is not None}
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = Path(args.data_dir)
     return Settings(**overrides)
+
+
+def _engine_flags() -> argparse.ArgumentParser:
+    """Flags for the diffusers engine; each defaults to its FLUXEDIT_* setting (see config.py)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("engine (defaults: the FLUXEDIT_* settings)")
+    group.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    group.add_argument("--cpu-offload", action=argparse.BooleanOptionalAction, default=None)
+    group.add_argument("--compile", choices=("auto", "off", "regional"), help="torch.compile the repeated blocks")
+    group.add_argument("--attention-backend", help="native (PyTorch SDPA), _native_cudnn, flash, ...")
+    group.add_argument("--fuse-qkv", action=argparse.BooleanOptionalAction, default=None)
+    group.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None, help="lossy float8 transformer")
+    group.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=None)
+    return parser
 
 
 # --------------------------------------------------------------------------- serve
@@ -56,11 +73,16 @@ def _dispatcher_factory(settings: Settings):
     if settings.broker_url:
         from fluxedit.jobs.celery_app import CeleryDispatcher
 
-        return lambda store, served, storage: CeleryDispatcher(store, list(served), settings)
+        return lambda store, served, storage, signer: CeleryDispatcher(store, list(served), settings)
     from fluxedit.jobs.dispatch import LocalDispatcher
+    from fluxedit.storage import resolve_issued_url
 
-    return lambda store, served, storage: LocalDispatcher(
-        store, {m.id: m.engine for m in served.values()}, storage, settings
+    return lambda store, served, storage, signer: LocalDispatcher(
+        store,
+        {m.id: m.engine for m in served.values()},
+        storage,
+        settings,
+        resolve_local=lambda url: resolve_issued_url(url, storage, signer),
     )
 
 
@@ -107,11 +129,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    from fluxedit.jobs.migrate import upgrade_database
     from fluxedit.jobs.store import KeyStore
 
     settings = _settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     keys = KeyStore(settings.resolved_database_url)
+    upgrade_database(keys.engine)  # `keys create` may come before the first `serve`
     if args.keys_command == "create":
         key_id, secret = keys.create(args.name)
         print(secret)
@@ -159,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="jobs DB, files and model cache (env FLUXEDIT_DATA_DIR; default ~/.fluxedit)")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
+    engine_flags = _engine_flags()
 
-    serve = sub.add_parser("serve", help="run the API, the playground and in-process workers")
+    serve = sub.add_parser("serve", parents=[engine_flags], help="run the API, the playground and in-process workers")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
@@ -177,11 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=cmd_serve)
 
-    worker = sub.add_parser("worker", help="a Celery GPU worker for the given models")
+    worker = sub.add_parser("worker", parents=[engine_flags], help="a Celery GPU worker for the given models")
     worker.add_argument("--model", action="append", default=[], metavar="ID=SOURCE", required=True)
     worker.set_defaults(func=cmd_worker)
 
-    edit = sub.add_parser("edit", help="edit images: locally, or on a server with --server")
+    edit = sub.add_parser("edit", parents=[engine_flags], help="edit images: locally, or on a server with --server")
     edit.add_argument("-p", "--prompt", required=True)
     edit.add_argument("-i", "--image", action="append", required=True, metavar="REF", help="path or URL; repeatable")
     edit.add_argument("-o", "--output", required=True, help="output file (.jpg or .png)")

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(600.0, gt=0)
     max_queued_per_model: int = Field(100, ge=1)
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, description="Any request body (bounds inline data: URIs, and uploads too)."
+    )
     allow_unauthenticated: bool = Field(False, description="Only honoured on a loopback bind.")
 
     # --- inputs ----------------------------------------------------------------
@@ -52,6 +55,13 @@ class Settings(BaseSettings):
     # --- jobs ------------------------------------------------------------------
     max_attempts: int = Field(3, ge=1)
     lease_s: float = Field(60.0, gt=0, description="A running job's lease; renewed by its worker's heartbeat.")
+    poll_interval_s: float = Field(2.0, gt=0, description="Local workers look for queued jobs at least this often.")
+    recover_interval_s: float = Field(5.0, gt=0, description="How often jobs with expired leases are re-queued.")
+
+    # --- the cluster mode (broker_url set) ----------------------------------------
+    broker_visibility_timeout_s: int = Field(
+        3600, ge=60, description="Redis: an unacknowledged message is delivered again after this long."
+    )
 
     # --- engines -----------------------------------------------------------------
     device: str | None = Field(None, description="cuda, cpu, ...; default: cuda if available.")

@@ -33,16 +33,22 @@ def read_references(refs: list[str], settings: Settings) -> list[bytes]:
 
     data: list[bytes | None] = []
     for index, ref in enumerate(refs):
+        path = Path(ref).expanduser()
         if _is_url(ref):
             data.append(None)
-            continue
-        path = Path(ref).expanduser()
-        if not path.is_file():
+        elif path.is_file():
+            data.append(path.read_bytes())
+        else:
             raise ImageInputError(f"Reference {index + 1} ({ref}) is not a file.", code="input_unreachable", index=index)
-        data.append(path.read_bytes())
-    urls = [ref for ref in refs if _is_url(ref)]
-    fetched = iter(fetch_references(urls, settings) if urls else [])
-    return [item if item is not None else next(fetched) for item in data]
+    positions = [i for i, item in enumerate(data) if item is None]
+    try:
+        fetched = fetch_references([refs[i] for i in positions], settings) if positions else []
+    except ImageInputError as exc:
+        exc.index = positions[exc.index] if exc.index is not None else None  # count among all -i, not URLs
+        raise
+    for position, content in zip(positions, fetched, strict=True):
+        data[position] = content
+    return data
 
 
 def _progress_bar() -> Progress:
@@ -67,7 +73,7 @@ def edit_locally(args: argparse.Namespace, settings: Settings) -> int:
         decode_reference(data, index=i, max_pixels=settings.max_image_pixels)
         for i, data in enumerate(read_references(args.image, settings))
     ]
-    width, height = sizes.resolve_size(size, references[0].size)
+    width, height = sizes.resolve_size(size, references[0].info["source_size"])
     engine = make_engine(args.model or "tiny", settings)
     with console.status(f"loading {args.model or 'tiny'}"):
         engine.load()

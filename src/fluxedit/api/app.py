@@ -13,10 +13,12 @@ from fastapi.staticfiles import StaticFiles
 
 from fluxedit import __version__
 from fluxedit.api.errors import install_error_handlers
+from fluxedit.api.limits import BodySizeLimit
 from fluxedit.api.routes import router
 from fluxedit.config import Settings
 from fluxedit.engines.base import Engine
 from fluxedit.jobs.dispatch import Dispatcher
+from fluxedit.jobs.migrate import upgrade_database
 from fluxedit.jobs.store import JobStore, KeyStore
 from fluxedit.storage import open_storage
 from fluxedit.storage.base import Storage
@@ -69,11 +71,11 @@ def build_services(
     """Open the store, keys and storage named by Settings; the dispatcher comes from the caller."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(settings.resolved_database_url)
-    store.create_schema()
+    upgrade_database(store.engine)  # Alembic on PostgreSQL, create_all on SQLite
     signer = UrlSigner.from_settings(settings)
     storage = open_storage(settings, signer)
     served = {m.id: m for m in models}
-    dispatcher = dispatcher_factory(store, served, storage) if dispatcher_factory else None
+    dispatcher = dispatcher_factory(store, served, storage, signer) if dispatcher_factory else None
     return Services(
         settings=settings,
         models=served,
@@ -106,6 +108,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=services.settings.max_request_bytes)
     app.include_router(router)
     playground = resources.files("fluxedit.api") / "playground"
     app.mount("/playground", StaticFiles(directory=str(playground)), name="playground")

@@ -15,7 +15,6 @@ from PIL import Image, UnidentifiedImageError
 from fluxedit.api.auth import require_key
 from fluxedit.errors import FluxeditError, InvalidInput
 from fluxedit.jobs.store import Job
-from fluxedit.storage import guess_content_type
 from fluxedit.schema import (
     EditInput,
     EditOutput,
@@ -32,6 +31,7 @@ from fluxedit.schema import (
     SubmitResponse,
     Timings,
 )
+from fluxedit.storage import guess_content_type
 
 router = APIRouter()
 KeyId = Annotated[str, Depends(require_key)]

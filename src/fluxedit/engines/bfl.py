@@ -45,6 +45,7 @@ Not found in BFL's own reference pages, taken from elsewhere:
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import ipaddress
 import json
@@ -353,7 +354,7 @@ class BflEngine:
         """Fetch the result (no key sent), within its 10-minute life, capped in bytes."""
         for _ in range(_MAX_REDIRECTS + 1):
             self._check_result_url(url)
-            data, location = self._retrying(lambda: self._fetch_result(url), url)
+            data, location = self._retrying(functools.partial(self._fetch_result, url), url)
             if location is None:
                 return self._decode(data)
             url = urljoin(url, location)

@@ -55,7 +55,7 @@ class LocalStorage:
             return 0
         cutoff = time.time() - max_age_s
         removed = 0
-        for dirpath, dirnames, filenames in os.walk(self.root, topdown=False):
+        for dirpath, _dirnames, filenames in os.walk(self.root, topdown=False):
             directory = Path(dirpath)
             for name in filenames:
                 path = directory / name

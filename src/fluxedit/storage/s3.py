@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -97,7 +97,7 @@ class S3Storage:
 
     def sweep(self, max_age_s: float) -> int:
         """Delete objects under the prefix whose LastModified is over `max_age_s` ago."""
-        cutoff = datetime.fromtimestamp(time.time() - max_age_s, tz=timezone.utc)
+        cutoff = datetime.fromtimestamp(time.time() - max_age_s, tz=UTC)
         removed = 0
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
         for page in pages:

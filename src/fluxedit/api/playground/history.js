@@ -1,0 +1,83 @@
+// History: this key's recent requests; choosing one restores its inputs and result.
+
+import { h, relativeTime, STATE_LABELS } from "./dom.js";
+
+const PAGE = 12;
+
+export class History {
+  /**
+   * @param {(entry: object) => void} o.onSelect
+   * @param {(error: Error) => boolean} o.onApiError true when handled (e.g. 401)
+   */
+  constructor({ api, root, onSelect, onApiError }) {
+    Object.assign(this, { api, onSelect, onApiError });
+    this.list = root.querySelector("#history-list");
+    this.more = root.querySelector("#history-more");
+    this.message = root.querySelector("#history-message");
+    this.cursor = null;
+    this.entries = [];
+    root.querySelector("#history-refresh").addEventListener("click", () => this.refresh());
+    this.more.addEventListener("click", () => this.load(this.cursor));
+  }
+
+  refresh() {
+    return this.load(null);
+  }
+
+  async load(cursor) {
+    try {
+      const page = await this.api.requests(PAGE, cursor);
+      this.entries = cursor ? [...this.entries, ...page.requests] : page.requests;
+      this.cursor = page.next_cursor;
+      this.message.textContent = this.entries.length ? "" : "No requests yet with this key.";
+      this.render();
+    } catch (error) {
+      if (!this.onApiError(error)) this.message.textContent = `Could not load the history: ${error.message}`;
+    }
+  }
+
+  /** Keep an entry's badge in step with a run the page is watching. */
+  setState(requestId, state) {
+    const entry = this.entries.find((e) => e.request_id === requestId);
+    if (!entry || entry.status === state) return;
+    entry.status = state;
+    const button = this.list.querySelector(`[data-request-id="${CSS.escape(requestId)}"]`);
+    const badge = button?.querySelector(".badge");
+    if (!badge) return;
+    button.dataset.state = state;
+    badge.className = `badge state-${state}`;
+    badge.textContent = STATE_LABELS[state] || state;
+  }
+
+  clear(text = "") {
+    this.entries = [];
+    this.cursor = null;
+    this.message.textContent = text;
+    this.render();
+  }
+
+  render() {
+    this.more.hidden = !this.cursor;
+    this.list.replaceChildren(...this.entries.map((entry) => this.renderEntry(entry)));
+  }
+
+  renderEntry(entry) {
+    const thumb = entry.output?.images?.[0];
+    const prompt = entry.input?.prompt || "(no prompt)";
+    const state = STATE_LABELS[entry.status] || entry.status;
+    return h("li", {},
+      h("button", {
+        type: "button", class: "history-item", dataset: { requestId: entry.request_id, state: entry.status },
+        "aria-label": `${state}: ${prompt}`, title: `Restore request ${entry.request_id}`,
+        onclick: () => this.onSelect(entry),
+      },
+      thumb
+        ? h("img", { src: thumb, alt: "", loading: "lazy" })
+        : h("span", { class: `history-thumb state-${entry.status}`, "aria-hidden": "true" }),
+      h("span", { class: "history-text" },
+        h("span", { class: "history-prompt" }, prompt),
+        h("span", { class: "history-meta" },
+          h("span", { class: `badge state-${entry.status}` }, state),
+          h("span", {}, `${entry.model_id.split("/").slice(-2).join("/")} · ${relativeTime(entry.created_at)}`)))));
+  }
+}

@@ -1,0 +1,418 @@
+"""Fetch reference images: http(s) URLs, data: URIs and URLs this server issued.
+
+The server fetches URLs that callers name, so it must not become their way into
+the operator's network (SSRF). Every hop -- the URL and each redirect -- goes:
+
+1. scheme: http or https only (data: URIs are decoded, never fetched);
+2. resolve the host ourselves (getaddrinfo in a thread) and `check_address` every
+   address it resolves to; one address inside the network refuses the host;
+3. connect to the checked IP itself (the original host goes in the Host header
+   and TLS SNI, so certificates are still verified against the name), so a DNS
+   answer that changes between check and connect (rebinding) cannot slip through;
+   the peer address of the open connection is checked once more;
+4. read the body as a stream and stop at `settings.max_image_bytes`.
+
+`settings.fetch_allow` opens holes for the operator's own image hosts:
+- an IP address or CIDR network ("127.0.0.1", "10.20.0.0/16", "fd00::/8") allows
+  every destination *address* in it, whatever host name led there;
+- a host name ("images.internal") allows that exact name (not its subdomains),
+  whatever addresses it resolves to -- but not the same addresses reached under
+  another name or as an IP literal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import concurrent.futures
+import ipaddress
+import socket
+import urllib.parse
+from collections.abc import Callable, Sequence
+
+import httpx
+
+from fluxedit import __version__
+from fluxedit.config import Settings
+from fluxedit.errors import ImageInputError
+
+__all__ = ["fetch_references", "afetch_references", "check_address", "system_resolver", "Resolver"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# (host, port) -> the addresses it resolves to; blocking, run in a thread.
+Resolver = Callable[[str, int], Sequence[str]]
+ResolveLocal = Callable[[str], bytes | None]
+
+_REDIRECTS = {301, 302, 303, 307, 308}
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_FETCHED_SCHEMES = ("http", "https")
+
+
+# --- the decision --------------------------------------------------------------------
+
+
+def check_address(host: str, address: IPAddress, allow: list[str]) -> None:
+    """Refuse (`input_forbidden`) an address inside the network unless `allow` covers it.
+
+    Inside: loopback, private, link-local (169.254.169.254 included), multicast,
+    reserved, unspecified or otherwise not publicly routable; IPv4 addresses
+    carried inside IPv6 (::ffff:a.b.c.d, 64:ff9b::/96, 6to4) are judged as IPv4.
+    `host` is the name the address was reached by; see the module doc for `allow`.
+    """
+    kind = _inside_kind(address)
+    if kind is None or _allowed(host, address, allow):
+        return
+    where = f"{address} is" if _same_host(host, str(address)) else f"{host} resolves to {address},"
+    raise ImageInputError(
+        f"{where} a {kind} address inside the network; image URLs may only point to public "
+        "addresses (an operator can allow hosts or networks with FLUXEDIT_FETCH_ALLOW)",
+        code="input_forbidden",
+    )
+
+
+def _as_judged(address: IPAddress) -> list[IPAddress]:
+    """The addresses that decide: IPv4 for the IPv6 forms that only carry one."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return [address]
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address in _NAT64:
+        return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    if address.sixtofour is not None:  # 2002::/16 routes to its IPv4 address
+        return [address, address.sixtofour]
+    return [address]
+
+
+def _inside_kind(address: IPAddress) -> str | None:
+    """What kind of non-public address this is, or None for a public one."""
+    for judged in _as_judged(address):
+        for kind, inside in (
+            ("unspecified", judged.is_unspecified),
+            ("loopback", judged.is_loopback),
+            ("link-local", judged.is_link_local),
+            ("multicast", judged.is_multicast),
+            ("reserved", judged.is_reserved),
+            ("private", judged.is_private),
+            ("non-public", not judged.is_global),
+        ):
+            if inside:
+                return kind
+    return None
+
+
+def _allowed(host: str, address: IPAddress, allow: list[str]) -> bool:
+    addresses = [address, *_as_judged(address)]
+    for entry in allow:
+        try:
+            network = ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            if _same_host(entry, host):
+                return True
+            continue
+        if any(a.version == network.version and a in network for a in addresses):
+            return True
+    return False
+
+
+def _same_host(a: str, b: str) -> bool:
+    def norm(h: str) -> str:
+        return h.strip().strip("[]").rstrip(".").lower()
+
+    return norm(a) == norm(b)
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses getaddrinfo gives for host (blocking)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+# --- public entry points -----------------------------------------------------------------
+
+
+def fetch_references(
+    urls: list[str],
+    settings: Settings,
+    *,
+    resolve_local: ResolveLocal | None = None,
+    resolver: Resolver | None = None,
+) -> list[bytes]:
+    """Fetch every reference concurrently; bytes in the order given.
+
+    Runs its own event loop, so it is safe from worker threads; called from inside
+    a running loop it uses a private thread. `resolver` replaces getaddrinfo.
+    Raises `ImageInputError` (codes input_unreachable, input_too_large,
+    input_not_image, input_forbidden; `index` = position) for the first failing URL.
+    """
+    coro = afetch_references(urls, settings, resolve_local=resolve_local, resolver=resolver)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fluxedit-fetch") as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def afetch_references(
+    urls: list[str],
+    settings: Settings,
+    *,
+    resolve_local: ResolveLocal | None = None,
+    resolver: Resolver | None = None,
+) -> list[bytes]:
+    """The async form of `fetch_references`."""
+    fetcher = _Fetcher(settings, resolve_local, resolver or system_resolver)
+    try:
+        async with fetcher.client, asyncio.TaskGroup() as group:
+            tasks = [group.create_task(fetcher.fetch(url, i)) for i, url in enumerate(urls)]
+    except BaseExceptionGroup as group_error:
+        raise _first_error(group_error) from None
+    finally:
+        # A lookup past its timeout may still hang in getaddrinfo: do not wait for it.
+        fetcher.lookups.shutdown(wait=False, cancel_futures=True)
+    return [task.result() for task in tasks]
+
+
+def _first_error(group_error: BaseExceptionGroup) -> BaseException:
+    """The failure of the earliest URL; anything but an input error (a bug) wins."""
+    errors = list(_leaves(group_error))
+    bugs = [e for e in errors if not isinstance(e, ImageInputError)]
+    if bugs:
+        return bugs[0]
+    return min(errors, key=lambda e: e.index if e.index is not None else -1)
+
+
+def _leaves(error: BaseException):
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
+
+
+# --- one URL -------------------------------------------------------------------------------
+
+
+class _Fetcher:
+    """What one fetch_references call shares between its URLs."""
+
+    def __init__(self, settings: Settings, resolve_local: ResolveLocal | None, resolver: Resolver) -> None:
+        self.settings = settings
+        self.resolve_local = resolve_local
+        self.resolver = resolver
+        self.lookups = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="fluxedit-dns")
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.fetch_total_timeout_s, connect=settings.fetch_connect_timeout_s),
+            # No reuse: a pooled connection is keyed by IP, and must not carry a
+            # request for another host name under the TLS session of the first.
+            limits=httpx.Limits(max_keepalive_connections=0),
+            follow_redirects=False,  # followed by hand, so that every hop is checked
+            trust_env=False,  # an environment proxy would connect where we did not check
+            headers={"User-Agent": f"fluxedit/{__version__}", "Accept": "image/*,*/*;q=0.5"},
+        )
+
+    async def fetch(self, url: str, index: int) -> bytes:
+        try:
+            if url[:5].lower() == "data:":
+                return _decode_data_uri(url, self.settings.max_image_bytes)
+            async with asyncio.timeout(self.settings.fetch_total_timeout_s):
+                return await self._fetch_http(url)
+        except _Failure as failure:
+            raise failure.error(url, index) from None
+        except TimeoutError:
+            raise _Failure(
+                "input_unreachable", f"could not be fetched within {self.settings.fetch_total_timeout_s:g} s"
+            ).error(url, index) from None
+
+    async def _fetch_http(self, text: str) -> bytes:
+        url = _parse_url(text)
+        hops = self.settings.fetch_max_redirects
+        for hop in range(hops + 1):
+            if self.resolve_local is not None:
+                local = await asyncio.to_thread(self.resolve_local, str(url))
+                if local is not None:
+                    return _capped(local, self.settings.max_image_bytes)
+            via = f"after a redirect to {_display(str(url))}, " if hop else ""
+            answer = await self._get(url, via)
+            if isinstance(answer, bytes):
+                return answer
+            if hop == hops:
+                raise _Failure("input_unreachable", f"was redirected more than {hops} times; stopped following")
+            url = _parse_url(str(url.join(answer)), location=answer)
+        raise AssertionError("unreachable")
+
+    async def _get(self, url: httpx.URL, via: str) -> bytes | str:
+        """One hop: the body, or the redirect's Location."""
+        host = url.raw_host.decode("ascii")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        addresses = await self._checked_addresses(host, port, via)
+        last_error: Exception | None = None
+        for address in addresses:
+            request = self.client.build_request(
+                "GET",
+                url.copy_with(host=str(address)),  # connect to the address checked, not a new lookup
+                headers={"Host": url.netloc.decode("ascii")},
+                extensions={"sni_hostname": host} if url.scheme == "https" else {},
+            )
+            try:
+                response = await self.client.send(request, stream=True)
+            except httpx.ConnectError as exc:
+                last_error = exc  # try the host's next address
+                continue
+            except httpx.HTTPError as exc:
+                raise _http_failure(exc, via) from exc
+            try:
+                return await self._handle(response, host, via)
+            except httpx.HTTPError as exc:
+                raise _http_failure(exc, via) from exc
+            finally:
+                await response.aclose()
+        raise _Failure("input_unreachable", f"{via}could not connect to {host} ({last_error})")
+
+    async def _checked_addresses(self, host: str, port: int, via: str) -> list[IPAddress]:
+        try:
+            addresses = [ipaddress.ip_address(host)]
+        except ValueError:
+            addresses = await self._resolve(host, port, via)
+        for address in addresses:
+            try:
+                check_address(host, address, self.settings.fetch_allow)
+            except ImageInputError as exc:
+                raise _Failure(exc.code, f"is refused: {via}{exc.message}") from None
+        return addresses
+
+    async def _resolve(self, host: str, port: int, via: str) -> list[IPAddress]:
+        try:
+            lookup = asyncio.get_running_loop().run_in_executor(self.lookups, self.resolver, host, port)
+            names = await asyncio.wait_for(lookup, self.settings.fetch_connect_timeout_s)
+        except TimeoutError:
+            raise _Failure("input_unreachable", f"{via}looking up {host} timed out") from None
+        except OSError as exc:
+            raise _Failure("input_unreachable", f"{via}its host {host} could not be resolved ({exc})") from None
+        addresses = [ipaddress.ip_address(name) for name in names]
+        if not addresses:
+            raise _Failure("input_unreachable", f"{via}its host {host} resolves to no address")
+        return addresses
+
+    async def _handle(self, response: httpx.Response, host: str, via: str) -> bytes | str:
+        self._check_peer(response, host, via)
+        if response.status_code in _REDIRECTS and "location" in response.headers:
+            return response.headers["location"]
+        if not response.is_success:
+            raise _Failure(
+                "input_unreachable",
+                f"{via}could not be fetched: the server answered HTTP {response.status_code} "
+                f"{response.reason_phrase}".rstrip(),
+            )
+        content_type = response.headers.get("content-type", "")
+        if _clearly_not_image(content_type):
+            raise _Failure("input_not_image", f"{via}is not an image: the server sent {content_type.split(';')[0]}")
+        return await _read_capped(response, self.settings.max_image_bytes, via)
+
+    def _check_peer(self, response: httpx.Response, host: str, via: str) -> None:
+        """Check the address the connection actually reached (belt and braces)."""
+        stream = response.extensions.get("network_stream")
+        peer = stream.get_extra_info("server_addr") if stream is not None else None
+        if peer:
+            try:
+                check_address(host, ipaddress.ip_address(peer[0]), self.settings.fetch_allow)
+            except ImageInputError as exc:
+                raise _Failure(exc.code, f"is refused: {via}{exc.message}") from None
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+class _Failure(Exception):
+    """A reason a URL failed, before the URL and index are known to the message."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+    def error(self, url: str, index: int) -> ImageInputError:
+        return ImageInputError(f"image_urls[{index}] ({_display(url)}) {self.reason}.", code=self.code, index=index)
+
+
+def _http_failure(exc: httpx.HTTPError, via: str) -> _Failure:
+    if isinstance(exc, httpx.TimeoutException):
+        return _Failure("input_unreachable", f"{via}timed out ({type(exc).__name__})")
+    return _Failure("input_unreachable", f"{via}could not be fetched ({type(exc).__name__}: {exc})")
+
+
+def _display(url: str, limit: int = 100) -> str:
+    """A URL short enough for a message; data: URIs keep only their header."""
+    if url[:5].lower() == "data:":
+        return f"{url.split(',', 1)[0][:40]},... ({len(url):,} characters)"
+    return url if len(url) <= limit else url[: limit - 3] + "..."
+
+
+def _parse_url(text: str, *, location: str | None = None) -> httpx.URL:
+    """The URL to fetch; `location` is the Location header it came from, on a redirect."""
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise _Failure("input_unreachable", f"is not a valid URL ({exc})") from None
+    if url.scheme not in _FETCHED_SCHEMES:
+        kind = f"a {url.scheme}: URL" if url.scheme else "a URL without a scheme"
+        if location is not None:
+            reason = f"it redirects to {_display(location)}, {kind}; only http and https redirects are followed"
+        else:
+            reason = f"it is {kind}; only http, https and data: URLs are accepted"
+        raise _Failure("input_forbidden", f"is refused: {reason}")
+    if not url.raw_host:
+        raise _Failure("input_unreachable", "is not a valid URL (it names no host)")
+    return url
+
+
+def _clearly_not_image(content_type: str) -> bool:
+    """Content types no image arrives as; the decoder has the final word on the rest."""
+    media = content_type.split(";")[0].strip().lower()
+    main, _, sub = media.partition("/")
+    if main in ("text", "audio", "video", "font", "multipart", "message", "model"):
+        return True
+    return main == "application" and (
+        sub in ("json", "xml", "javascript", "pdf", "zip", "gzip", "x-www-form-urlencoded")
+        or sub.endswith(("+json", "+xml"))
+    )
+
+
+def _capped(data: bytes, cap: int) -> bytes:
+    if len(data) > cap:
+        raise _Failure("input_too_large", f"is {len(data):,} bytes; at most {cap:,} bytes are accepted")
+    return data
+
+
+async def _read_capped(response: httpx.Response, cap: int, via: str) -> bytes:
+    """The body, read until it ends or passes `cap` (then the connection is dropped)."""
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > cap:
+        raise _Failure("input_too_large", f"{via}is {int(length):,} bytes; at most {cap:,} bytes are accepted")
+    body = bytearray()
+    async for chunk in response.aiter_bytes():  # decoded: a gzip bomb counts at full size
+        body += chunk
+        if len(body) > cap:
+            raise _Failure("input_too_large", f"{via}is larger than {cap:,} bytes, the most accepted")
+    return bytes(body)
+
+
+def _decode_data_uri(url: str, cap: int) -> bytes:
+    """data:[<media type>][;base64],<data> (RFC 2397)."""
+    header, comma, payload = url[5:].partition(",")
+    if not comma:
+        raise _Failure("input_not_image", "is not a valid data: URI (it has no comma before the data)")
+    media, *params = header.split(";")
+    if media.strip() and _clearly_not_image(media):
+        raise _Failure("input_not_image", f"is not an image: its media type is {media.strip()}")
+    if any(p.strip().lower() == "base64" for p in params):
+        payload = "".join(urllib.parse.unquote(payload).split())
+        if len(payload) // 4 * 3 > cap + 3:
+            raise _Failure("input_too_large", f"holds more than {cap:,} bytes; at most {cap:,} bytes are accepted")
+        try:
+            data = base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise _Failure("input_not_image", "is not a valid data: URI (its base64 data is damaged)") from None
+    else:
+        data = urllib.parse.unquote_to_bytes(payload)
+    return _capped(data, cap)

@@ -1,0 +1,278 @@
+"""The cluster mode's dispatch: Celery on Redis, one queue per model, GPU workers.
+
+The API enqueues a `fluxedit.run_job` task per job on its model's queue; a
+`fluxedit worker` process loads its engines once, consumes only its models'
+queues one job at a time, and runs the same worker step as the embedded mode.
+The job row stays the state of record: a message only says "look at job X".
+A duplicate or stale message is harmless because claiming a job is a
+conditional update, and a job whose worker died is found by its expired lease
+and sent again (see `recover_and_requeue`).
+
+Flower and the celery CLI find the app through this module's `app` attribute,
+built from the environment's FLUXEDIT_* settings:
+    celery -A fluxedit.jobs.celery_app:app flower
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from celery import Celery
+
+from fluxedit.config import Settings
+from fluxedit.engines.base import Engine
+from fluxedit.errors import InvalidInput
+from fluxedit.jobs.store import Job, JobStore
+from fluxedit.schema import JobState
+from fluxedit.storage import open_storage, resolve_issued_url
+from fluxedit.storage.base import Storage
+from fluxedit.storage.signing import UrlSigner
+
+log = logging.getLogger("fluxedit.cluster")
+
+RUN_JOB_TASK = "fluxedit.run_job"
+
+
+def queue_name(model_id: str) -> str:
+    """A broker-safe, readable queue name for a model id, unique per id (a short hash)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", ".", model_id).strip(".")[:120]
+    digest = hashlib.sha256(model_id.encode()).hexdigest()[:8]
+    return f"fluxedit.{slug}.{digest}"
+
+
+@dataclass
+class WorkerContext:
+    """What the task needs in a worker process: built once, before consuming."""
+
+    settings: Settings
+    store: JobStore
+    storage: Storage
+    engines: dict[str, Engine]  # model id -> loaded engine
+    signer: UrlSigner  # to read signed /files/ URLs (uploads) straight from storage
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    def resolve_local(self, url: str) -> bytes | None:
+        return resolve_issued_url(url, self.storage, self.signer)
+
+
+def create_celery(settings: Settings, context: WorkerContext | None = None) -> Celery:
+    """The Celery app for `settings.broker_url`; with `context`, able to run jobs."""
+    if not settings.broker_url:
+        raise InvalidInput("The cluster mode needs a broker: set FLUXEDIT_BROKER_URL (e.g. redis://host:6379/0).")
+    app = Celery("fluxedit", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # results live in the job row and the object store
+        # One job at a time per worker, acknowledged only once it is done: a worker
+        # that dies mid-job leaves its message to be delivered again.
+        worker_prefetch_multiplier=1,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=True,  # for Flower
+        task_send_sent_event=True,
+        task_default_queue="fluxedit.default",
+    )
+
+    @app.task(name=RUN_JOB_TASK)
+    def run_job_task(job_id: str) -> None:
+        if context is None:
+            raise RuntimeError("this process has no engines; only `fluxedit worker` runs jobs")
+        run_claimed_message(job_id, context)
+
+    return app
+
+
+def run_claimed_message(job_id: str, context: WorkerContext) -> None:
+    """Run job `job_id` if it is this worker's to run; a stale or foreign message is dropped."""
+    from fluxedit.jobs.worker import run_job
+
+    job = context.store.get(job_id)
+    if job is None:
+        log.warning("message for unknown job %s dropped", job_id)
+        return
+    engine = context.engines.get(job.model_id)
+    if engine is None:
+        log.error("job %s is for %s, which this worker does not serve; dropped", job_id, job.model_id)
+        return
+    if job.state is not JobState.in_queue:
+        log.info("job %s is %s; duplicate message dropped", job_id, job.state.value)
+        return
+    state = run_job(
+        job_id,
+        store=context.store,
+        engine=engine,
+        storage=context.storage,
+        settings=context.settings,
+        worker_id=context.worker_id,
+        resolve_local=context.resolve_local,
+    )
+    # One line per job run; operators (and the cluster tests) read these.
+    log.info("job %s: %s", job_id, state.value if state else "not finished by this worker")
+
+
+def recover_and_requeue(store: JobStore, send: Callable[[Job], None], settings: Settings) -> list[str]:
+    """Put jobs whose lease expired back in the queue (store.recover_expired) and send their messages.
+
+    Only the process whose update re-queued a job sends it, so each recovery
+    sends one message, whichever API processes and workers run this loop.
+    """
+    requeued = []
+    for job_id in store.recover_expired(settings.max_attempts):
+        job = store.get(job_id)
+        if job is not None and job.state is JobState.in_queue:
+            send(job)
+            requeued.append(job_id)
+    if requeued:
+        log.warning("re-queued %d job(s) whose worker stopped: %s", len(requeued), ", ".join(requeued))
+    return requeued
+
+
+class _Periodic:
+    """Run `fn` every `interval_s` seconds on a daemon thread until stopped; errors are logged, not fatal."""
+
+    def __init__(self, name: str, interval_s: float, fn: Callable[[], object]) -> None:
+        self._stop = threading.Event()
+        self._fn = fn
+        self._interval_s = interval_s
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self._interval_s + 5)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self._fn()
+            except Exception:
+                log.exception("%s failed; retrying in %s s", self._thread.name, self._interval_s)
+            if self._stop.wait(self._interval_s):
+                return
+
+
+class CeleryDispatcher:
+    """The API side of the cluster mode: one Celery message per job, on its model's queue.
+
+    Also recovers jobs whose worker died (lease expiry) and re-sends messages
+    that could not be sent while the broker was down.
+    """
+
+    def __init__(self, store: JobStore, model_ids: Iterable[str], settings: Settings, app: Celery | None = None):
+        self.store = store
+        self.model_ids = list(model_ids)
+        self.settings = settings
+        self.app = app or create_celery(settings)
+        self._unsent: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._recovery = _Periodic("fluxedit-recover", settings.recover_interval_s, self._housekeeping)
+
+    def start(self) -> None:
+        self._recovery.start()
+
+    def stop(self, *, interrupt: bool = True, timeout: float | None = None) -> None:
+        """Stop the housekeeping loop. Running jobs belong to the workers: they are not touched."""
+        self._recovery.stop()
+        self.app.close()
+
+    def notify(self, job: Job) -> None:
+        """Send job's message; if the broker is unreachable, keep it and retry from the housekeeping loop."""
+        try:
+            self.send(job)
+        except Exception as exc:
+            log.error("could not enqueue job %s (%s); will retry", job.id, exc)
+            with self._lock:
+                self._unsent[job.id] = job
+
+    def send(self, job: Job) -> None:
+        self.app.send_task(RUN_JOB_TASK, args=[job.id], queue=queue_name(job.model_id))
+
+    def _housekeeping(self) -> None:
+        with self._lock:
+            unsent, self._unsent = self._unsent, {}
+        for job in unsent.values():
+            self.notify(job)
+        recover_and_requeue(self.store, self.notify, self.settings)
+
+
+# --------------------------------------------------------------------------- the worker process
+
+
+def load_engines(settings: Settings, model_specs: list[str]) -> dict[str, Engine]:
+    """"ID=SOURCE" specs -> {model id: loaded engine}; ids naming one source share its engine."""
+    from fluxedit.engines.registry import make_engine, parse_model_spec
+
+    if not model_specs:
+        raise InvalidInput("A worker needs at least one --model ID=SOURCE.", field="model")
+    by_source: dict[str, Engine] = {}
+    engines: dict[str, Engine] = {}
+    for spec in model_specs:
+        model_id, source = parse_model_spec(spec)
+        if source not in by_source:
+            by_source[source] = make_engine(source, settings)
+            by_source[source].load()
+        engines[model_id] = by_source[source]
+    return engines
+
+
+def run_worker(settings: Settings, model_specs: list[str]) -> int:
+    """`fluxedit worker`: load the engines, then consume their queues one job at a time until stopped."""
+    from fluxedit.jobs.migrate import upgrade_database
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings.resolved_database_url)
+    engines = load_engines(settings, model_specs)
+    signer = UrlSigner.from_settings(settings)
+    context = WorkerContext(
+        settings=settings,
+        store=JobStore(settings.resolved_database_url),
+        storage=open_storage(settings, signer),
+        engines=engines,
+        signer=signer,
+    )
+    app = create_celery(settings, context)
+    queues = sorted({queue_name(model_id) for model_id in engines})
+
+    def send(job: Job) -> None:
+        app.send_task(RUN_JOB_TASK, args=[job.id], queue=queue_name(job.model_id))
+
+    recovery = _Periodic(
+        "fluxedit-recover", settings.recover_interval_s, lambda: recover_and_requeue(context.store, send, settings)
+    )
+    recovery.start()
+    print(f"fluxedit worker {context.worker_id} serving {', '.join(engines)} on queues {', '.join(queues)}", flush=True)
+    worker = app.Worker(
+        queues=queues,
+        pool_cls="threads",  # the engine stays in this process; the main thread answers Flower and control
+        concurrency=1,  # one job at a time per GPU
+        hostname=f"fluxedit-{os.getpid()}@{socket.gethostname()}",
+        send_events=True,
+        loglevel="INFO",
+    )
+    try:
+        worker.start()
+    finally:
+        recovery.stop()
+        context.store.dispose()
+    return worker.exitcode or 0
+
+
+def __getattr__(name: str) -> Celery:
+    # `celery -A fluxedit.jobs.celery_app:app ...` (Flower, inspect): an app built from the environment,
+    # made on access rather than at import so that importing this module has no side effects.
+    if name == "app":
+        return create_celery(Settings())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

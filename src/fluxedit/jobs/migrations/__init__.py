@@ -1,0 +1,1 @@
+"""Alembic migrations for the job database (PostgreSQL; SQLite uses create_all)."""

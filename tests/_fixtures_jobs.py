@@ -1,0 +1,52 @@
+"""Fixtures for the job store: a real SQLite file and a real PostgreSQL database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is not reachable: {exc}")
+    name = f"fluxedit_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """An empty job database: a SQLite file, or the session's PostgreSQL database with fresh tables."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'data' / 'fluxedit.db'}"
+        return
+    from fluxedit.jobs.store import metadata, open_database
+
+    url = request.getfixturevalue("postgres_url")
+    engine = open_database(url)
+    metadata.drop_all(engine)
+    engine.dispose()
+    yield url
+
+
+@pytest.fixture
+def job_store(database_url: str):
+    from fluxedit.jobs.store import JobStore
+
+    store = JobStore(database_url)
+    store.create_schema()
+    yield store
+    store.dispose()
