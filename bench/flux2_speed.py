@@ -246,9 +246,7 @@ def build_pipelines(spec: ModelSpec, device: torch.device, dtype: torch.dtype, t
         text_encoder = build(tiny.build_tiny_qwen3, device, dtype)
     else:
         text_encoder = build(lambda: Qwen3ForCausalLM(Qwen3Config(**spec.text)), device, dtype)
-    parts = dict(
-        transformer=transformer, vae=vae, tokenizer=tokenizer, scheduler=scheduler, text_encoder=text_encoder
-    )
+    parts = dict(transformer=transformer, vae=vae, tokenizer=tokenizer, scheduler=scheduler, text_encoder=text_encoder)
     pipes = {"plain": Flux2KleinPipeline(**parts, is_distilled=True)}
     if spec.kv:
         # The KV pipeline installs KV-aware processors on the shared transformer;
@@ -509,7 +507,9 @@ class ModelBench:
         if spec.family == "dev":
             self.extra["text_encoder"] = te = time_dev_text_encoder(self.device, self.dtype, self.clock, args.tiny)
             free()  # the 24B encoder is gone once that function returned
-            print(f"  Mistral-3 24B text encoder ({te['params_b']:.1f}B params, alone): {te['seconds']:.3f}s", flush=True)
+            print(
+                f"  Mistral-3 24B text encoder ({te['params_b']:.1f}B params, alone): {te['seconds']:.3f}s", flush=True
+            )
         pipes = build_pipelines(spec, self.device, self.dtype, args.tiny)
         plain = pipes["plain"]
         self.extra["params_b"] = sum(p.numel() for p in plain.transformer.parameters()) / 1e9
@@ -517,7 +517,9 @@ class ModelBench:
         print(f"  built: transformer {self.extra['params_b']:.2f}B params in {self.extra['build_s']}s", flush=True)
         eager = SpeedOptions.eager()
         engine = Flux2Engine.from_pipeline(plain, Flux2Options(device=args.device, speed=eager))
-        kv_engine = Flux2Engine.from_pipeline(pipes["kv"], Flux2Options(device=args.device, speed=eager)) if spec.kv else None
+        kv_engine = (
+            Flux2Engine.from_pipeline(pipes["kv"], Flux2Options(device=args.device, speed=eager)) if spec.kv else None
+        )
         if spec.family == "klein":
             with torch.no_grad():
                 self.extra["text_encoder_s"] = time_text_encoder(
@@ -605,7 +607,25 @@ class ModelBench:
 
     def run_fp8(self, engine, kv_engine, plain, probes, images, refs_sweep, many) -> None:
         spec = self.spec
-        quantize_fp8(plain.transformer)
+        transformer = plain.transformer
+        # Per-layer error of the real kernels: a few block Linears, bf16 weights
+        # kept aside, on the same Gaussian rows before and after quantization.
+        names = ["transformer_blocks.0.ff.linear_in", "single_transformer_blocks.0.attn.to_qkv_mlp_proj",
+                 f"single_transformer_blocks.{len(transformer.single_transformer_blocks) - 1}.attn.to_out"]  # fmt: skip
+        gen = torch.Generator(self.device).manual_seed(5)
+        layers = {}
+        for name in names:
+            weight = transformer.get_submodule(name).weight.detach().clone()
+            x = torch.randn(1024, weight.shape[1], device=self.device, dtype=self.dtype, generator=gen)
+            layers[name] = (x, torch.nn.functional.linear(x, weight).float())
+            del weight
+        quantize_fp8(transformer)
+        with torch.no_grad():
+            self.extra["fp8 per-layer rel-L2 (gaussian rows)"] = {
+                name: float((transformer.get_submodule(name)(x).float() - y).norm() / y.norm())
+                for name, (x, y) in layers.items()
+            }
+        del layers
         self.timed_warm_up(engine, "fp8")
         if kv_engine:
             self.timed_warm_up(kv_engine, "fp8 KV")

@@ -88,9 +88,7 @@ class SpeedOptions:
     @classmethod
     def eager(cls) -> SpeedOptions:
         """Plain diffusers: every option off (bf16 on CUDA stays: it is the models' own dtype)."""
-        return cls(
-            fuse_qkv=False, compile="off", vae_channels_last=False, vae_tiling=False, warm_up=False
-        )
+        return cls(fuse_qkv=False, compile="off", vae_channels_last=False, vae_tiling=False, warm_up=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpeedOptions:
