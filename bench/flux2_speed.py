@@ -508,7 +508,8 @@ class ModelBench:
             self.extra["text_encoder"] = te = time_dev_text_encoder(self.device, self.dtype, self.clock, args.tiny)
             free()  # the 24B encoder is gone once that function returned
             print(
-                f"  Mistral-3 24B text encoder ({te['params_b']:.1f}B params, alone): {te['seconds']:.3f}s", flush=True
+                f"  [dev] text encoder, Mistral-3 config ({te['params_b']:.1f}B params, alone): {te['seconds']:.3f}s",
+                flush=True,
             )
         pipes = build_pipelines(spec, self.device, self.dtype, args.tiny)
         plain = pipes["plain"]
