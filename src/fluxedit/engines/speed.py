@@ -29,7 +29,8 @@ with `torch.cuda.set_sync_debug_mode`.
 from __future__ import annotations
 
 import importlib.util
-import logging
+import inspect
+import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
     from fluxedit.config import Settings
-
-logger = logging.getLogger(__name__)
 
 CompileMode = Literal["auto", "off", "regional"]
 
@@ -254,8 +253,6 @@ def warm_up(
     two steps run every kind of forward the [klein] 9B-KV pipeline has. The
     references are smaller than the output, so that no size is tied to another.
     """
-    import time
-
     pipe = getattr(target, "pipe", None) or target
     kwargs: dict[str, Any] = dict(
         image=[Image.new("RGB", (width - 64, height - 64), (128, 96, 64))] * references or None,
@@ -276,6 +273,4 @@ def warm_up(
 
 
 def _call_parameters(pipe: Any) -> set[str]:
-    import inspect
-
     return set(inspect.signature(pipe.__call__).parameters)
