@@ -141,9 +141,7 @@ def test_engine_with_speed_options_gives_the_eager_engine_image(tiny_model_dirs)
     fast.load()
     assert fast.pipe.transformer.transformer_blocks[0].attn.fused_projections
     assert fast.pipe.transformer.transformer_blocks[0]._compiled_call_impl is not None
-    difference = np.abs(
-        np.asarray(fast.edit(request)[0], dtype=int) - np.asarray(eager.edit(request)[0], dtype=int)
-    )
+    difference = np.abs(np.asarray(fast.edit(request)[0], dtype=int) - np.asarray(eager.edit(request)[0], dtype=int))
     assert difference.max() <= 1  # 8-bit rounding of float32-equal images
 
 

@@ -80,10 +80,14 @@ class Settings(BaseSettings):
     attention_backend: str = Field(
         "native", description="diffusers attention backend: native (PyTorch SDPA), _native_cudnn, flash, ..."
     )
-    vae_channels_last: bool | None = Field(None, description="VAE convolutions in channels-last layout; default: on CUDA.")
+    vae_channels_last: bool | None = Field(
+        None, description="VAE convolutions in channels-last layout; default: on CUDA."
+    )
     vae_tiling: bool = Field(True, description="Tiled VAE for outputs of 4 megapixels or more (bounds memory).")
     fp8: bool = Field(False, description="Lossy: torchao float8 dynamic quantization of the transformer (CUDA, sm89+).")
-    warm_up: bool | None = Field(None, description="One small edit at load so the first request is not slow; default: on CUDA.")
+    warm_up: bool | None = Field(
+        None, description="One small edit at load so the first request is not slow; default: on CUDA."
+    )
 
     # --- Black Forest Labs' hosted API --------------------------------------------
     bfl_api_key: str | None = Field(None, repr=False)

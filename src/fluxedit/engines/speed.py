@@ -29,7 +29,8 @@ with `torch.cuda.set_sync_debug_mode`.
 from __future__ import annotations
 
 import importlib.util
-import logging
+import inspect
+import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
     from fluxedit.config import Settings
-
-logger = logging.getLogger(__name__)
 
 CompileMode = Literal["auto", "off", "regional"]
 
@@ -88,9 +87,7 @@ class SpeedOptions:
     @classmethod
     def eager(cls) -> SpeedOptions:
         """Plain diffusers: every option off (bf16 on CUDA stays: it is the models' own dtype)."""
-        return cls(
-            fuse_qkv=False, compile="off", vae_channels_last=False, vae_tiling=False, warm_up=False
-        )
+        return cls(fuse_qkv=False, compile="off", vae_channels_last=False, vae_tiling=False, warm_up=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpeedOptions:
@@ -253,13 +250,12 @@ def warm_up(
     `target` is a Flux2Engine (its pipeline is loaded) or a pipeline. The sizes
     are chosen so that no two token counts coincide (dynamic-shape compilation
     would otherwise tie them together and recompile later); one reference and
-    two steps run every kind of forward the [klein] 9B-KV pipeline has.
+    two steps run every kind of forward the [klein] 9B-KV pipeline has. The
+    references are smaller than the output, so that no size is tied to another.
     """
-    import time
-
     pipe = getattr(target, "pipe", None) or target
     kwargs: dict[str, Any] = dict(
-        image=[Image.new("RGB", (width, height), (128, 96, 64))] * references or None,
+        image=[Image.new("RGB", (width - 64, height - 64), (128, 96, 64))] * references or None,
         prompt="warm-up",
         width=width,
         height=height,
@@ -277,6 +273,4 @@ def warm_up(
 
 
 def _call_parameters(pipe: Any) -> set[str]:
-    import inspect
-
     return set(inspect.signature(pipe.__call__).parameters)
