@@ -88,8 +88,10 @@ def main() -> None:
     ms = medians_ms({"naive": lambda: naive(data, size), "ours": lambda: decode_reference(data)}, args.runs)
 
     print(f"input: 4000x3000 JPEG q90, {len(data) / 1e6:.2f} MB -> output {size[0]}x{size[1]}")
-    print(f"Python {platform.python_version()}, Pillow {PIL.__version__}, {platform.machine()}, "
-          f"median of {args.runs} interleaved runs")
+    print(
+        f"Python {platform.python_version()}, Pillow {PIL.__version__}, {platform.machine()}, "
+        f"median of {args.runs} interleaved runs"
+    )
     print("PSNR: against the pipeline's own input (full decode, LANCZOS, crop)")
     print()
     print(f"| {'path':<40} | {'median ms':>9} | {'speed-up':>8} | {'PSNR dB':>7} |")

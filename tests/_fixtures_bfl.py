@@ -125,7 +125,10 @@ def create_app(fake: FakeBfl) -> FastAPI:
             "prompt": prompt,
             "fields": sorted(body),
             "images": [k for k in IMAGE_FIELDS if body.get(k)],
-            **{k: body.get(k) for k in ("width", "height", "seed", "output_format", "safety_tolerance", "steps", "guidance")},
+            **{
+                k: body.get(k)
+                for k in ("width", "height", "seed", "output_format", "safety_tolerance", "steps", "guidance")
+            },
         }
         refused = auth(request)
         answer = refused or _accept(fake, model, body, record)
@@ -217,7 +220,13 @@ def _accept(fake: FakeBfl, model: str, body: dict, record: dict) -> JSONResponse
     )
     fake.tasks[task.id] = task
     origin = fake.url.replace("127.0.0.1", "127.0.0.2") if "[foreign-poll]" in prompt else fake.url
-    return {"id": task.id, "polling_url": f"{origin}/v1/get_result?id={task.id}", "cost": 3.0, "input_mp": 0.0, "output_mp": 0.0}
+    return {
+        "id": task.id,
+        "polling_url": f"{origin}/v1/get_result?id={task.id}",
+        "cost": 3.0,
+        "input_mp": 0.0,
+        "output_mp": 0.0,
+    }
 
 
 class FakeBflServer:

@@ -214,7 +214,9 @@ class Process:
                 if match := regex.search(line):
                     return match
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited {self.proc.returncode} before printing {pattern!r}:\n{self.log}")
+                raise RuntimeError(
+                    f"{self.name} exited {self.proc.returncode} before printing {pattern!r}:\n{self.log}"
+                )
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} did not print {pattern!r} within {timeout_s} s:\n{self.log}")
 

@@ -186,9 +186,7 @@ class ImageServer:
         """How many requests came for `path` (any if None), with Host `host` (any if None)."""
         with self._lock:
             return sum(
-                1
-                for r in self.requests
-                if (path is None or r.path == path) and (host is None or r.host == host)
+                1 for r in self.requests if (path is None or r.path == path) and (host is None or r.host == host)
             )
 
     def stream(self, path: str, timeout: float = 30.0) -> StreamStats:
@@ -232,6 +230,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # --- connection log --------------------------------------------------------------------
+
 
 class ConnectionLog(list):
     """Addresses connected to, in order; `.lookups`: host names looked up."""

@@ -40,8 +40,17 @@ def curl(*args: str) -> dict:
 def test_seed_curl_flow_runs_as_written(tiny_server, refs):
     auth = f"Authorization: Bearer {tiny_server.api_key}"
     body = json.dumps({"prompt": "Put the hat on the cat", "image_urls": refs, "image_size": "landscape_4_3"})
-    submitted = curl("-X", "POST", f"{tiny_server.base_url}/v1/models/{PRO}", "-H", auth,
-                     "-H", "Content-Type: application/json", "-d", body)
+    submitted = curl(
+        "-X",
+        "POST",
+        f"{tiny_server.base_url}/v1/models/{PRO}",
+        "-H",
+        auth,
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        body,
+    )
     assert submitted["status_url"].startswith(tiny_server.base_url + "/v1/requests/")
     request_id = submitted["request_id"]
 
@@ -61,7 +70,9 @@ def test_seed_curl_flow_runs_as_written(tiny_server, refs):
 
 
 def test_job_goes_through_every_state_with_progress(tiny_server, refs):
-    response = submit(tiny_server, {"prompt": "slow", "image_urls": refs, "image_size": "square", "num_inference_steps": 40})
+    response = submit(
+        tiny_server, {"prompt": "slow", "image_urls": refs, "image_size": "square", "num_inference_steps": 40}
+    )
     request_id = response.json()["request_id"]
     running = tiny_server.wait_for(request_id, {"in_progress", "completed"})
     seen = {running["status"]}
@@ -240,13 +251,20 @@ def small_limits_server(tmp_path_factory, image_server):
 
     image_server.add("/small.png", png(64, 64), "image/png")
     limits = {"max_queued_per_model": "1", "max_upload_bytes": "200000", "max_request_bytes": "300000"}
-    server = LiveServer(tmp_path_factory.mktemp("limits"), ("--model", "tiny"), {"fetch_allow": '["127.0.0.1"]', **limits})
+    server = LiveServer(
+        tmp_path_factory.mktemp("limits"), ("--model", "tiny"), {"fetch_allow": '["127.0.0.1"]', **limits}
+    )
     yield server.start()
     server.stop()
 
 
 def test_a_full_queue_answers_429_with_retry_after(small_limits_server, image_server):
-    body = {"prompt": "x", "image_urls": [image_server.url("/small.png")], "image_size": "square", "num_inference_steps": 100}
+    body = {
+        "prompt": "x",
+        "image_urls": [image_server.url("/small.png")],
+        "image_size": "square",
+        "num_inference_steps": 100,
+    }
     answers = [submit(small_limits_server, body) for _ in range(4)]
     full = [a for a in answers if a.status_code == 429]
     assert full, [a.status_code for a in answers]

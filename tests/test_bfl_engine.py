@@ -62,7 +62,9 @@ def test_flex_forwards_steps_guidance_and_safety_tolerance(fake_bfl, bfl_setting
 def test_slow_task_reports_rising_progress(fake_bfl, bfl_settings):
     calls: list[tuple[int, int]] = []
 
-    BflEngine("flux-2-max", bfl_settings).edit(edit_request("[slow] a lighthouse"), lambda s, t: calls.append((s, t)) and False)
+    BflEngine("flux-2-max", bfl_settings).edit(
+        edit_request("[slow] a lighthouse"), lambda s, t: calls.append((s, t)) and False
+    )
 
     steps = [s for s, _ in calls]
     assert steps == sorted(steps) and len(steps) >= 8

@@ -20,9 +20,19 @@ def data_dir(tmp_path_factory) -> Path:
 def test_edit_two_references_on_the_tiny_model(data_dir, tmp_path):
     out = tmp_path / "edited.jpg"
     done = run_cli(
-        "edit", "--model", "tiny", "-p", "put the hat on the hill",
-        "-i", str(EXAMPLES / "scene.jpg"), "-i", str(EXAMPLES / "hat.png"),
-        "--size", "landscape_4_3", "-o", str(out),
+        "edit",
+        "--model",
+        "tiny",
+        "-p",
+        "put the hat on the hill",
+        "-i",
+        str(EXAMPLES / "scene.jpg"),
+        "-i",
+        str(EXAMPLES / "hat.png"),
+        "--size",
+        "landscape_4_3",
+        "-o",
+        str(out),
         data_dir=data_dir,
     )
     assert done.returncode == 0, done.stderr
@@ -35,8 +45,22 @@ def test_png_output_auto_size_and_seed(data_dir, tmp_path):
     outputs = []
     for seed in (1, 1, 2):
         out = tmp_path / f"seed{seed}-{len(outputs)}.png"
-        done = run_cli("edit", "--model", "tiny", "-p", "x", "-i", str(EXAMPLES / "scene.jpg"),
-                       "--seed", str(seed), "--steps", "2", "-o", str(out), data_dir=data_dir)
+        done = run_cli(
+            "edit",
+            "--model",
+            "tiny",
+            "-p",
+            "x",
+            "-i",
+            str(EXAMPLES / "scene.jpg"),
+            "--seed",
+            str(seed),
+            "--steps",
+            "2",
+            "-o",
+            str(out),
+            data_dir=data_dir,
+        )
         assert done.returncode == 0, done.stderr
         outputs.append(out.read_bytes())
     assert Image.open(tmp_path / "seed1-0.png").size == (1248, 832), "auto keeps the 3:2 reference at ~1 MP"
@@ -49,8 +73,22 @@ def test_tiny_model_folder_loads_through_the_real_loading_code(data_dir, tmp_pat
     assert made.returncode == 0, made.stderr
     assert (folder / "model_index.json").is_file()
     out = tmp_path / "dev.png"
-    done = run_cli("edit", "--model", str(folder), "-p", "x", "-i", str(EXAMPLES / "hat.png"),
-                   "--size", "128x128", "--steps", "2", "-o", str(out), data_dir=data_dir)
+    done = run_cli(
+        "edit",
+        "--model",
+        str(folder),
+        "-p",
+        "x",
+        "-i",
+        str(EXAMPLES / "hat.png"),
+        "--size",
+        "128x128",
+        "--steps",
+        "2",
+        "-o",
+        str(out),
+        data_dir=data_dir,
+    )
     assert done.returncode == 0, done.stderr
     assert Image.open(out).size == (128, 128)
 
@@ -74,8 +112,18 @@ def test_errors_are_one_clear_line_and_an_exit_code(data_dir, tmp_path, args, sa
 
 
 def test_a_model_that_is_not_there_suggests_tiny(data_dir, tmp_path):
-    done = run_cli("edit", "--model", "black-forest-labs/FLUX.2-klein-4B", "-p", "x",
-                   "-i", str(EXAMPLES / "hat.png"), "-o", str(tmp_path / "o.jpg"), data_dir=data_dir)
+    done = run_cli(
+        "edit",
+        "--model",
+        "black-forest-labs/FLUX.2-klein-4B",
+        "-p",
+        "x",
+        "-i",
+        str(EXAMPLES / "hat.png"),
+        "-o",
+        str(tmp_path / "o.jpg"),
+        data_dir=data_dir,
+    )
     assert done.returncode != 0
     assert "--model tiny" in done.stderr and "Traceback" not in done.stderr
 

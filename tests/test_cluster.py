@@ -173,8 +173,12 @@ def test_a_database_made_by_create_all_is_adopted(new_postgres_database) -> None
     engine = open_database(url)
     metadata.create_all(engine)
     with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO api_keys (id, name, prefix, secret_sha256, created_at) "
-                             "VALUES ('k1', 'old', 'fe_x', 'abc', now())"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO api_keys (id, name, prefix, secret_sha256, created_at) "
+                "VALUES ('k1', 'old', 'fe_x', 'abc', now())"
+            )
+        )
     upgrade_database(url)
     upgrade_database(url)  # a second start finds it current
     assert current_revision(url) == "0001"

@@ -136,7 +136,12 @@ def test_uploaded_file_url_is_read_from_storage_not_fetched(
     url = storage.url("uploads/key-a/ref.png", "http://fluxedit-upload-host.invalid")
     job = submit(job_store, image_urls=[url], num_inference_steps=1)
     state = run(
-        job.id, job_store, tiny_engine, storage, settings, resolve_local=lambda u: resolve_issued_url(u, storage, signer)
+        job.id,
+        job_store,
+        tiny_engine,
+        storage,
+        settings,
+        resolve_local=lambda u: resolve_issued_url(u, storage, signer),
     )
     assert state is JobState.completed
     assert "fluxedit-upload-host.invalid" not in connections.lookups
@@ -299,4 +304,3 @@ def test_every_runs_housekeeping_tasks(job_store, tiny_engine, storage, settings
     n = len(calls)
     time.sleep(0.2)
     assert len(calls) == n  # stopped with the dispatcher
-

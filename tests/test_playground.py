@@ -59,7 +59,11 @@ def drop_file(page: Page, selector: str, path) -> None:
             el.dispatchEvent(new DragEvent(kind, {dataTransfer: data, bubbles: true, cancelable: true}));
           }
         }""",
-        [path.name, base64.b64encode(path.read_bytes()).decode(), "image/jpeg" if path.suffix == ".jpg" else "image/png"],
+        [
+            path.name,
+            base64.b64encode(path.read_bytes()).decode(),
+            "image/jpeg" if path.suffix == ".jpg" else "image/png",
+        ],
     )
 
 
@@ -96,7 +100,7 @@ def test_edit_with_uploads_and_a_url_shows_progress_result_and_download(
     add_url(page, picture_server.url("tower.png"))
     expect(references(page)).to_have_count(3)
     expect(page.locator("#ref-count")).to_have_text("3 of 10")
-    expect(references(page).nth(0)).to_contain_text('red.png')
+    expect(references(page).nth(0)).to_contain_text("red.png")
     expect(references(page).nth(0)).to_contain_text('sets "auto" size')
     expect(references(page).nth(2)).to_contain_text("tower.png")
     expect(references(page).nth(2)).to_contain_text("320 × 480")  # its thumbnail loaded
@@ -173,7 +177,9 @@ def test_edit_with_uploads_and_a_url_shows_progress_result_and_download(
     page.screenshot(path=str(artifacts_dir / "playground-390-result.png"))
 
 
-def test_cancel_a_queued_job_then_history_lists_and_restores_both(browser_page: Page, playground_server, picture_server):
+def test_cancel_a_queued_job_then_history_lists_and_restores_both(
+    browser_page: Page, playground_server, picture_server
+):
     page = browser_page
     server = playground_server
     open_with_key(page, server)
@@ -319,7 +325,11 @@ def test_errors_show_next_to_their_cause(browser_page: Page, playground_server, 
 
     # Custom sizes are checked as they are typed, with the rules in words.
     pick_size(page, "custom")
-    width, height, check = page.get_by_label("Width", exact=True), page.get_by_label("Height", exact=True), page.locator("#custom-size-check")
+    width, height, check = (
+        page.get_by_label("Width", exact=True),
+        page.get_by_label("Height", exact=True),
+        page.locator("#custom-size-check"),
+    )
     width.fill("3000")
     height.fill("3000")
     expect(check).to_have_text(
@@ -397,7 +407,9 @@ def test_show_code_runs_as_shown(browser_page: Page, playground_server, picture_
     page.locator(".code-block", has_text="Python").get_by_role("button", name="Copy").click()
     expect(page.locator(".code-block", has_text="Python").get_by_role("button", name="Copied")).to_be_visible()
     snippet = page.evaluate("navigator.clipboard.readText()")
-    ran = subprocess.run([sys.executable, "-c", snippet], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    ran = subprocess.run(
+        [sys.executable, "-c", snippet], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert ran.returncode == 0, ran.stderr
     with Image.open(tmp_path / "edited.png") as picture:
         assert (picture.format, picture.size) == ("PNG", (512, 512))

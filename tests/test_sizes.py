@@ -49,7 +49,9 @@ def test_auto_follows_the_first_reference_at_about_one_megapixel(reference, expe
     assert (width > height) == (reference[0] > reference[1]) or reference[0] == reference[1]
 
 
-@pytest.mark.parametrize(("asked", "got"), [((1000, 700), (992, 688)), ((64, 64), (64, 64)), ((2048, 2048), (2048, 2048))])
+@pytest.mark.parametrize(
+    ("asked", "got"), [((1000, 700), (992, 688)), ((64, 64), (64, 64)), ((2048, 2048), (2048, 2048))]
+)
 def test_custom_sizes_round_down_to_multiples_of_16(asked, got):
     assert edit_input(image_size={"width": asked[0], "height": asked[1]}).output_size((1, 1)) == got
 

@@ -24,8 +24,20 @@ from fluxedit.storage import (
 )
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"pixels" * 100
-UNSAFE_KEYS = ["../escape.png", "outputs/../../escape.png", "/etc/passwd", "a//b.png", "a/./b.png",
-               ".types/x", "outputs/.hidden", "a\\b.png", "", "outputs/", "spaces here.png", "x" * 600]
+UNSAFE_KEYS = [
+    "../escape.png",
+    "outputs/../../escape.png",
+    "/etc/passwd",
+    "a//b.png",
+    "a/./b.png",
+    ".types/x",
+    "outputs/.hidden",
+    "a\\b.png",
+    "",
+    "outputs/",
+    "spaces here.png",
+    "x" * 600,
+]
 
 
 def _signed(url: str) -> tuple[str, int, str]:
@@ -77,8 +89,12 @@ def test_local_missing_and_delete(local: LocalStorage) -> None:
 
 @pytest.mark.parametrize("key", UNSAFE_KEYS)
 def test_local_refuses_unsafe_keys(local: LocalStorage, tmp_path: Path, key: str) -> None:
-    for call in (lambda: local.put(key, b"x", "image/png"), lambda: local.get(key),
-                 lambda: local.delete(key), lambda: local.url(key, "http://h")):
+    for call in (
+        lambda: local.put(key, b"x", "image/png"),
+        lambda: local.get(key),
+        lambda: local.delete(key),
+        lambda: local.url(key, "http://h"),
+    ):
         with pytest.raises(InvalidKey) as info:
             call()
         assert info.value.code == "invalid_key"
@@ -164,8 +180,12 @@ def test_resolve_issued_url_any_host(local: LocalStorage, signer: UrlSigner) -> 
 
 
 def test_resolve_leaves_other_urls_alone(local: LocalStorage, signer: UrlSigner) -> None:
-    for url in ("https://example.org/cat.png", "https://example.org/files/cat.png",
-                "data:image/png;base64,AAAA", "ftp://example.org/files/x.png?expires=1&sig=x"):
+    for url in (
+        "https://example.org/cat.png",
+        "https://example.org/files/cat.png",
+        "data:image/png;base64,AAAA",
+        "ftp://example.org/files/x.png?expires=1&sig=x",
+    ):
         assert resolve_issued_url(url, local, signer) is None
 
 

@@ -181,7 +181,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fluxedit", description="Multi-reference image editing with FLUX.2.")
-    parser.add_argument("--data-dir", help="jobs DB, files and model cache (env FLUXEDIT_DATA_DIR; default ~/.fluxedit)")
+    parser.add_argument(
+        "--data-dir", help="jobs DB, files and model cache (env FLUXEDIT_DATA_DIR; default ~/.fluxedit)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     engine_flags = _engine_flags()
@@ -250,7 +252,9 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not args.verbose:
         _quiet_libraries()
     try:

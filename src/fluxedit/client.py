@@ -1,9 +1,9 @@
 """The Python client: `Client(base_url, api_key)`.
 
-    from fluxedit import Client
-    with Client("http://127.0.0.1:8000", "fe_...") as client:
-        images = client.edit("blackforestlabs/flux-2/pro/edit", prompt="...", image_urls=[...])
-        images[0].save("out.jpg")
+from fluxedit import Client
+with Client("http://127.0.0.1:8000", "fe_...") as client:
+    images = client.edit("blackforestlabs/flux-2/pro/edit", prompt="...", image_urls=[...])
+    images[0].save("out.jpg")
 """
 
 from __future__ import annotations

@@ -31,7 +31,9 @@ class Settings(BaseSettings):
 
     # --- the API -------------------------------------------------------------
     public_url: str | None = Field(None, description="Base URL in answers; default: the request's base URL.")
-    secret_key: str | None = Field(None, description="HMAC secret for signed file URLs; default: generated into data_dir.")
+    secret_key: str | None = Field(
+        None, description="HMAC secret for signed file URLs; default: generated into data_dir."
+    )
     url_expiry_s: int = Field(24 * 3600, ge=60)
     sweep_interval_s: float = Field(600.0, gt=0)
     max_queued_per_model: int = Field(100, ge=1)

@@ -39,7 +39,9 @@ def read_references(refs: list[str], settings: Settings) -> list[bytes]:
         elif path.is_file():
             data.append(path.read_bytes())
         else:
-            raise ImageInputError(f"Reference {index + 1} ({ref}) is not a file.", code="input_unreachable", index=index)
+            raise ImageInputError(
+                f"Reference {index + 1} ({ref}) is not a file.", code="input_unreachable", index=index
+            )
     positions = [i for i, item in enumerate(data) if item is None]
     try:
         fetched = fetch_references([refs[i] for i in positions], settings) if positions else []
@@ -109,7 +111,9 @@ def edit_on_server(args: argparse.Namespace) -> int:
     image_size = size if isinstance(size, str) else {"width": size[0], "height": size[1]}
     model = args.model or "blackforestlabs/flux-2/pro/edit"
     if model == "tiny" or Path(model).exists():
-        raise InvalidInput("With --server, --model is a model id such as blackforestlabs/flux-2/pro/edit.", field="--model")
+        raise InvalidInput(
+            "With --server, --model is a model id such as blackforestlabs/flux-2/pro/edit.", field="--model"
+        )
     with Client(args.server, api_key) as client, _progress_bar() as bar:
         urls = [ref if _is_url(ref) else client.upload(Path(ref)) for ref in args.image]
         task = bar.add_task("edit", total=None)
@@ -132,4 +136,3 @@ def edit_on_server(args: argparse.Namespace) -> int:
     Path(args.output).write_bytes(images[0].data)
     console.print(f"wrote {args.output} from {args.server}")
     return 0
-

@@ -18,7 +18,9 @@ MAX_CUSTOM_SIDE = 65_536  # the area bound (4 MP) is the real limit; this only b
 # A data: URI carries the image itself: bounded here, the decoder enforces the byte cap.
 MAX_DATA_URI_CHARS = 70 * 1024 * 1024
 
-ImageSizeName = Literal["auto", "square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
+ImageSizeName = Literal[
+    "auto", "square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"
+]
 OutputFormat = Literal["jpeg", "png"]
 
 
@@ -63,7 +65,9 @@ def _image_url_problem(url: str) -> str | None:
         return f"URL is longer than {MAX_URL_CHARS} characters"
     if not (lower.startswith("http://") or lower.startswith("https://")):
         scheme = url.split(":", 1)[0] if ":" in url else url[:20]
-        return f"scheme {scheme!r} is not allowed; use an https:// or http:// URL, a data: URI or an uploaded file's URL"
+        return (
+            f"scheme {scheme!r} is not allowed; use an https:// or http:// URL, a data: URI or an uploaded file's URL"
+        )
     return None
 
 
@@ -84,7 +88,7 @@ class EditInput(BaseModel):
     )
     image_size: ImageSize = Field(
         "auto",
-        description="A preset, \"auto\" (the first reference's aspect ratio at about 1 MP) or {width, height}.",
+        description='A preset, "auto" (the first reference\'s aspect ratio at about 1 MP) or {width, height}.',
         # The size rules, machine-readable in /openapi.json: the playground reads them from here.
         json_schema_extra={
             "x-presets": {name: {"width": w, "height": h} for name, (w, h) in sizes.PRESETS.items()},

@@ -104,9 +104,7 @@ def make_slots(settings: Settings) -> threading.BoundedSemaphore:
     return threading.BoundedSemaphore(settings.bfl_max_concurrent)
 
 
-def check_result_address(
-    host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow: list[str]
-) -> None:
+def check_result_address(host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow: list[str]) -> None:
     """Refuse a result host that resolves inside the network, unless `allow` names it.
 
     `allow` holds host names or networks (CIDR), as `Settings.fetch_allow`.

@@ -128,8 +128,7 @@ def _open(data: bytes, index: int | None) -> Image.Image:
     except Image.UnidentifiedImageError as exc:
         raise _not_image(
             index,
-            f"it is not an image in a supported format ({', '.join(ACCEPTED_FORMATS)}); "
-            f"it starts with {data[:16]!r}",
+            f"it is not an image in a supported format ({', '.join(ACCEPTED_FORMATS)}); it starts with {data[:16]!r}",
         ) from exc
     except Exception as exc:  # a damaged header can raise anything from a plugin
         raise _not_image(index, f"its header is damaged ({exc})") from exc

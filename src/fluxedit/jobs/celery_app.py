@@ -234,7 +234,7 @@ class CeleryDispatcher:
 
 
 def load_engines(settings: Settings, model_specs: list[str]) -> dict[str, Engine]:
-    """"ID=SOURCE" specs -> {model id: loaded engine}; ids naming one source share its engine."""
+    """ "ID=SOURCE" specs -> {model id: loaded engine}; ids naming one source share its engine."""
     from fluxedit.engines.registry import make_engine, parse_model_spec
 
     if not model_specs:

@@ -120,9 +120,7 @@ def _run(
 
     datas = fetch_references(params.image_urls, settings, resolve_local=resolve_local)
     lease.check()
-    references = [
-        decode_reference(data, index=i, max_pixels=settings.max_image_pixels) for i, data in enumerate(datas)
-    ]
+    references = [decode_reference(data, index=i, max_pixels=settings.max_image_pixels) for i, data in enumerate(datas)]
     del datas
     # "auto" follows the first reference as people see it, not its 16-px crop.
     width, height = params.output_size(references[0].info.get("source_size", references[0].size))
