@@ -69,6 +69,11 @@ export class Api {
     return data;
   }
 
+  /** The OpenAPI schema: the one source of the input's rules (sizes, limits). */
+  openapi() {
+    return this.request("GET", "openapi.json");
+  }
+
   models() {
     return this.request("GET", "v1/models");
   }

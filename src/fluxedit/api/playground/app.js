@@ -7,7 +7,7 @@ import { Run } from "./jobs.js";
 import { References } from "./references.js";
 import { ResultView } from "./result.js";
 import { SizePicker } from "./sizepicker.js";
-import { loadSizeRules } from "./sizes.js";
+import { setSizeRules } from "./sizes.js";
 import { curlSnippet, pythonSnippet } from "./snippets.js";
 
 const KEY_STORAGE = "fluxedit.apiKey";
@@ -411,5 +411,6 @@ class Playground {
   }
 }
 
-await loadSizeRules(new URL(".", document.baseURI));
+// The size rules come from the schema before the form is built (no key needed for it).
+setSizeRules(await new Api(new URL(".", document.baseURI), () => "").openapi());
 new Playground();

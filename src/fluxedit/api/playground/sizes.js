@@ -1,6 +1,6 @@
 // Output sizes: the presets and rules come from the server's own schema (/openapi.json,
 // EditInput.image_size: its enum, x-presets and x-size-rules), so the form checks them
-// live by exactly the rules the server applies. `loadSizeRules` fills these bindings.
+// live by exactly the rules the server applies. `setSizeRules` fills these bindings.
 
 export let PRESETS = [];
 export let MULTIPLE = 16;
@@ -17,11 +17,9 @@ function presetLabel(id) {
   return [...name, ratio].filter(Boolean).join(" ");
 }
 
-/** Read the size presets and rules from the server's OpenAPI schema. */
-export async function loadSizeRules(baseUrl) {
-  const response = await fetch(new URL("openapi.json", baseUrl));
-  if (!response.ok) throw new Error(`Could not read the size rules (/openapi.json answered ${response.status}).`);
-  const field = (await response.json()).components.schemas.EditInput.properties.image_size;
+/** Take the size presets and rules from the server's OpenAPI schema (see Api.openapi). */
+export function setSizeRules(openapi) {
+  const field = openapi.components.schemas.EditInput.properties.image_size;
   const names = field.oneOf.find((branch) => Array.isArray(branch.enum)).enum;
   const presets = field["x-presets"];
   PRESETS = names.filter((id) => presets[id]).map((id) => ({ id, label: presetLabel(id), ...presets[id] }));
