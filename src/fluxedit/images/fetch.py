@@ -37,7 +37,7 @@ from fluxedit import __version__
 from fluxedit.config import Settings
 from fluxedit.errors import ImageInputError
 
-__all__ = ["fetch_references", "afetch_references", "check_address", "system_resolver", "Resolver"]
+__all__ = ["fetch_references", "afetch_references", "check_address", "is_allowed", "system_resolver", "Resolver"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # (host, port) -> the addresses it resolves to; blocking, run in a thread.
@@ -61,7 +61,7 @@ def check_address(host: str, address: IPAddress, allow: list[str]) -> None:
     `host` is the name the address was reached by; see the module doc for `allow`.
     """
     kind = _inside_kind(address)
-    if kind is None or _allowed(host, address, allow):
+    if kind is None or is_allowed(host, address, allow):
         return
     where = f"{address} is" if _same_host(host, str(address)) else f"{host} resolves to {address},"
     raise ImageInputError(
@@ -101,7 +101,8 @@ def _inside_kind(address: IPAddress) -> str | None:
     return None
 
 
-def _allowed(host: str, address: IPAddress, allow: list[str]) -> bool:
+def is_allowed(host: str, address: IPAddress, allow: list[str]) -> bool:
+    """Whether `allow` (as `Settings.fetch_allow`, see the module doc) covers `address` reached as `host`."""
     addresses = [address, *_as_judged(address)]
     for entry in allow:
         try:
