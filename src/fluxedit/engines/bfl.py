@@ -63,6 +63,7 @@ from PIL import Image
 from fluxedit.config import Settings
 from fluxedit.engines.base import EditRequest, ProgressCallback
 from fluxedit.errors import EditCancelled, FluxeditError, ImageInputError, InvalidInput, ModelUnavailable
+from fluxedit.images.decode import encode_image
 from fluxedit.images.fetch import check_address, is_allowed, system_resolver
 
 logger = logging.getLogger(__name__)
@@ -497,10 +498,7 @@ class BflEngine:
 
 
 def _encode_reference(image: Image.Image) -> str:
-    # TODO: use fluxedit.images.decode.encode_image once it is on main.
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="JPEG", quality=95)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return base64.b64encode(encode_image(image, "jpeg")).decode("ascii")
 
 
 def _percent(progress: object) -> int:
