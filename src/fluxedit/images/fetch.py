@@ -277,11 +277,15 @@ class _Fetcher:
         except ValueError:
             addresses = await self._resolve(host, port, via)
         for address in addresses:
-            try:
-                check_address(host, address, self.settings.fetch_allow)
-            except ImageInputError as exc:
-                raise _Failure(exc.code, f"is refused: {via}{exc.message}") from None
+            self._check(host, address, via)
         return addresses
+
+    def _check(self, host: str, address: IPAddress, via: str) -> None:
+        """`check_address`, its refusal worded for this URL."""
+        try:
+            check_address(host, address, self.settings.fetch_allow)
+        except ImageInputError as exc:
+            raise _Failure(exc.code, f"is refused: {via}{exc.message}") from None
 
     async def _resolve(self, host: str, port: int, via: str) -> list[IPAddress]:
         try:
@@ -316,10 +320,7 @@ class _Fetcher:
         stream = response.extensions.get("network_stream")
         peer = stream.get_extra_info("server_addr") if stream is not None else None
         if peer:
-            try:
-                check_address(host, ipaddress.ip_address(peer[0]), self.settings.fetch_allow)
-            except ImageInputError as exc:
-                raise _Failure(exc.code, f"is refused: {via}{exc.message}") from None
+            self._check(host, ipaddress.ip_address(peer[0]), via)
 
 
 # --- helpers -------------------------------------------------------------------------
