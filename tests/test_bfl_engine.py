@@ -218,6 +218,8 @@ def test_polling_url_on_another_origin_gets_no_key(fake_bfl, bfl_settings):
         ("169.254.169.254", [], True),
         ("::1", [], True),
         ("fd00::1", [], True),
+        ("64:ff9b::7f00:1", [], True),  # 127.0.0.1 through NAT64, judged as the IPv4 it carries
+        ("2002:7f00:1::1", [], True),  # 6to4 of 127.0.0.1
         ("10.1.2.3", ["10.0.0.0/8"], False),
         ("10.1.2.3", ["delivery.internal"], False),
         ("10.1.2.3", ["192.168.0.0/16", "other.host"], True),

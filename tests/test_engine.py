@@ -186,6 +186,13 @@ def test_non_flux2_model_is_model_unavailable(tmp_path) -> None:
         Flux2Engine(str(tmp_path)).load()
 
 
+def test_engine_from_a_pipeline_built_in_memory_edits() -> None:
+    engine = Flux2Engine.from_pipeline(build_tiny_pipeline("klein"))
+    assert engine.loaded
+    assert engine.pipe.transformer.transformer_blocks[0].attn.fused_projections  # default speed options applied
+    assert engine.edit(request(1, 64, 64, steps=1))[0].size == (64, 64)
+
+
 # --- the tiny model cache and the registry -------------------------------------
 
 

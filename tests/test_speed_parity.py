@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from diffusers import Flux2KleinKVPipeline, Flux2KleinPipeline, Flux2Transformer2DModel
+from diffusers import Flux2KleinKVPipeline, Flux2KleinPipeline
 from PIL import Image
 
 from fluxedit.engines.base import EditRequest
@@ -31,12 +31,13 @@ from fluxedit.engines.tiny import (
     build_tiny_qwen3,
     build_tiny_scheduler,
     build_tiny_tokenizer,
+    build_tiny_transformer,
     build_tiny_vae,
 )
 
 ATOL = 5e-5
 VARIANTS = ["klein", "klein-kv", "dev"]
-OFF = SpeedOptions(fuse_qkv=False, compile="off", vae_channels_last=False, vae_tiling=False, warm_up=False)
+OFF = SpeedOptions.eager()
 
 
 def _references(count: int, size: tuple[int, int] = (80, 64)) -> list[Image.Image]:
@@ -188,11 +189,7 @@ def test_fp8_runs_on_cuda():
 def _klein_pair(*, single_blocks: int) -> tuple[Flux2KleinPipeline, Flux2KleinKVPipeline]:
     """A plain and a KV pipeline sharing every component (the same weights)."""
     torch.manual_seed(0)
-    transformer = Flux2Transformer2DModel(
-        in_channels=16, num_layers=1, num_single_layers=single_blocks, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=3 * TEXT_WIDTH, axes_dims_rope=(4, 4, 4, 4),
-        guidance_embeds=False,
-    )  # fmt: skip
+    transformer = build_tiny_transformer(guidance_embeds=False, num_single_layers=single_blocks)
     parts = dict(
         vae=build_tiny_vae(),
         scheduler=build_tiny_scheduler(),

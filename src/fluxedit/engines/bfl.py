@@ -51,7 +51,6 @@ import ipaddress
 import json
 import logging
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -63,7 +62,9 @@ from PIL import Image
 
 from fluxedit.config import Settings
 from fluxedit.engines.base import EditRequest, ProgressCallback
-from fluxedit.errors import EditCancelled, FluxeditError, InvalidInput, ModelUnavailable
+from fluxedit.errors import EditCancelled, FluxeditError, ImageInputError, InvalidInput, ModelUnavailable
+from fluxedit.images.decode import encode_image
+from fluxedit.images.fetch import check_address, is_allowed, system_resolver
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,30 +106,19 @@ def make_slots(settings: Settings) -> threading.BoundedSemaphore:
 
 
 def check_result_address(host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow: list[str]) -> None:
-    """Refuse a result host that resolves inside the network, unless `allow` names it.
+    """Refuse a result host that resolves inside the network, unless `allow` covers it.
 
-    `allow` holds host names or networks (CIDR), as `Settings.fetch_allow`.
-    # TODO: call fluxedit.images.fetch.check_address once it is on main.
+    The decision is `fluxedit.images.fetch.check_address`'s, with `allow` read as
+    `Settings.fetch_allow` is for reference URLs; only the error differs: a bad
+    result URL is BFL's failure, not the caller's.
     """
-    if address.is_global or _allowed(host, address, allow):
-        return
-    raise UpstreamError(
-        f"BFL's result URL points at {host} ({address}), an address inside the network; "
-        "fluxedit refused to fetch it (allow it with FLUXEDIT_FETCH_ALLOW if it is a trusted proxy).",
-    )
-
-
-def _allowed(host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address | None, allow: list[str]) -> bool:
-    for entry in allow:
-        if entry.lower() == host.lower():
-            return True
-        if address is not None:
-            try:
-                if address in ipaddress.ip_network(entry, strict=False):
-                    return True
-            except ValueError:
-                continue  # a host name, not a network
-    return False
+    try:
+        check_address(host, address, allow)
+    except ImageInputError:
+        raise UpstreamError(
+            f"BFL's result URL points at {host} ({address}), an address inside the network; "
+            "fluxedit refused to fetch it (allow it with FLUXEDIT_FETCH_ALLOW if it is a trusted proxy).",
+        ) from None
 
 
 class BflEngine:
@@ -434,12 +424,13 @@ class BflEngine:
             raise UpstreamError("Black Forest Labs gave a result URL that is not an http(s) URL.")
         allow = self._settings.fetch_allow
         try:
-            addresses = {ipaddress.ip_address(info[4][0].split("%")[0]) for info in socket.getaddrinfo(host, None)}
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            addresses = [ipaddress.ip_address(name) for name in system_resolver(host, port)]
         except (OSError, ValueError):
             raise self._unreachable("host name not resolved", 1, url) from None
         for address in addresses:
             check_result_address(host, address, allow)
-        if parts.scheme != "https" and not all(_allowed(host, a, allow) for a in addresses):
+        if parts.scheme != "https" and not all(is_allowed(host, a, allow) for a in addresses):
             raise UpstreamError(
                 f"Black Forest Labs gave a result URL on {host} that is not https; fluxedit refused it."
             )
@@ -507,10 +498,7 @@ class BflEngine:
 
 
 def _encode_reference(image: Image.Image) -> str:
-    # TODO: use fluxedit.images.decode.encode_image once it is on main.
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="JPEG", quality=95)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return base64.b64encode(encode_image(image, "jpeg")).decode("ascii")
 
 
 def _percent(progress: object) -> int:

@@ -27,7 +27,13 @@ from PIL import Image
 
 from fluxedit.config import Settings
 from fluxedit.engines.base import EditRequest, ProgressCallback
-from fluxedit.engines.speed import SpeedOptions, apply_speed_options, configure_vae_tiling, warm_up
+from fluxedit.engines.speed import (
+    SpeedOptions,
+    apply_speed_options,
+    configure_vae_tiling,
+    pipeline_device,
+    warm_up,
+)
 from fluxedit.errors import EditCancelled, InvalidInput, ModelUnavailable
 
 # model_index.json `_class_name` -> the pipeline that runs it.
@@ -169,7 +175,7 @@ class Flux2Engine:
     ) -> Flux2Engine:
         """An engine around a pipeline built in memory (already on its device): speed options and warm-up applied."""
         engine = cls(source, options)
-        engine.pipe = engine._prepare(pipe, str(next(pipe.transformer.parameters()).device))
+        engine.pipe = engine._prepare(pipe, pipeline_device(pipe))
         return engine
 
     def __repr__(self) -> str:
@@ -197,7 +203,7 @@ class Flux2Engine:
             pipe.to(device)
         return self._prepare(pipe, device)
 
-    def _prepare(self, pipe: DiffusionPipeline, device: str) -> DiffusionPipeline:
+    def _prepare(self, pipe: DiffusionPipeline, device: str | torch.device) -> DiffusionPipeline:
         pipe.set_progress_bar_config(disable=True)  # progress goes through our callback
         speed = self.options.speed
         apply_speed_options(pipe, speed, device=device)

@@ -132,11 +132,11 @@ def build_tiny_mistral3() -> Mistral3ForConditionalGeneration:
     return Mistral3ForConditionalGeneration(config)
 
 
-def build_tiny_transformer(*, guidance_embeds: bool) -> Flux2Transformer2DModel:
+def build_tiny_transformer(*, guidance_embeds: bool, num_single_layers: int = 1) -> Flux2Transformer2DModel:
     return Flux2Transformer2DModel(
         in_channels=16,  # 4 latent channels x 2x2 patch
         num_layers=1,
-        num_single_layers=1,
+        num_single_layers=num_single_layers,
         attention_head_dim=16,
         num_attention_heads=2,
         joint_attention_dim=3 * TEXT_WIDTH,

@@ -59,7 +59,8 @@ def decode_reference(
 
     # The size a person sees (EXIF orientation applied), before any resize or crop:
     # "auto" output sizes follow its aspect ratio, not the cropped one.
-    source_size = (height, width) if _swaps_sides(image) else (width, height)
+    swaps_sides = _swaps_sides(image)
+    source_size = (height, width) if swaps_sides else (width, height)
     size = None
     if target_pixels is not None and width * height > target_pixels:
         # From the header's size, as diffusers' Flux2ImageProcessor computes it.
@@ -67,7 +68,7 @@ def decode_reference(
         # DCT scaling: a JPEG decodes at 1/2, 1/4 or 1/8 scale, never below the
         # size asked for (a no-op for other formats).
         image.draft("RGB", size)
-        if _swaps_sides(image):
+        if swaps_sides:
             size = size[::-1]
     try:
         ImageOps.exif_transpose(image, in_place=True)  # loads the pixels

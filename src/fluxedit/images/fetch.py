@@ -37,7 +37,7 @@ from fluxedit import __version__
 from fluxedit.config import Settings
 from fluxedit.errors import ImageInputError
 
-__all__ = ["fetch_references", "afetch_references", "check_address", "system_resolver", "Resolver"]
+__all__ = ["fetch_references", "afetch_references", "check_address", "is_allowed", "system_resolver", "Resolver"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # (host, port) -> the addresses it resolves to; blocking, run in a thread.
@@ -61,7 +61,7 @@ def check_address(host: str, address: IPAddress, allow: list[str]) -> None:
     `host` is the name the address was reached by; see the module doc for `allow`.
     """
     kind = _inside_kind(address)
-    if kind is None or _allowed(host, address, allow):
+    if kind is None or is_allowed(host, address, allow):
         return
     where = f"{address} is" if _same_host(host, str(address)) else f"{host} resolves to {address},"
     raise ImageInputError(
@@ -101,7 +101,8 @@ def _inside_kind(address: IPAddress) -> str | None:
     return None
 
 
-def _allowed(host: str, address: IPAddress, allow: list[str]) -> bool:
+def is_allowed(host: str, address: IPAddress, allow: list[str]) -> bool:
+    """Whether `allow` (as `Settings.fetch_allow`, see the module doc) covers `address` reached as `host`."""
     addresses = [address, *_as_judged(address)]
     for entry in allow:
         try:
@@ -276,11 +277,15 @@ class _Fetcher:
         except ValueError:
             addresses = await self._resolve(host, port, via)
         for address in addresses:
-            try:
-                check_address(host, address, self.settings.fetch_allow)
-            except ImageInputError as exc:
-                raise _Failure(exc.code, f"is refused: {via}{exc.message}") from None
+            self._check(host, address, via)
         return addresses
+
+    def _check(self, host: str, address: IPAddress, via: str) -> None:
+        """`check_address`, its refusal worded for this URL."""
+        try:
+            check_address(host, address, self.settings.fetch_allow)
+        except ImageInputError as exc:
+            raise _Failure(exc.code, f"is refused: {via}{exc.message}") from None
 
     async def _resolve(self, host: str, port: int, via: str) -> list[IPAddress]:
         try:
@@ -315,10 +320,7 @@ class _Fetcher:
         stream = response.extensions.get("network_stream")
         peer = stream.get_extra_info("server_addr") if stream is not None else None
         if peer:
-            try:
-                check_address(host, ipaddress.ip_address(peer[0]), self.settings.fetch_allow)
-            except ImageInputError as exc:
-                raise _Failure(exc.code, f"is refused: {via}{exc.message}") from None
+            self._check(host, ipaddress.ip_address(peer[0]), via)
 
 
 # --- helpers -------------------------------------------------------------------------
