@@ -35,8 +35,6 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from fluxedit.errors import FluxeditError, InvalidInput
 from fluxedit.schema import JobState
 
-UTC = UTC
-
 # --- errors ------------------------------------------------------------------------
 
 
