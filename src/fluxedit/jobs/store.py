@@ -408,17 +408,25 @@ class JobStore(_Database):
 
     # --- workers ----------------------------------------------------------------------
 
-    def _claim_values(self, worker_id: str, lease_s: float) -> dict:
+    def _claim(self, which: sa.ColumnElement[bool], worker_id: str, lease_s: float) -> Job | None:
+        """Move the job `which` selects to in_progress for this worker, if it is still in_queue."""
         now = _now()
-        return dict(
-            state=JobState.in_progress.value,
-            attempts=_J.attempts + 1,
-            started_at=now,
-            worker_id=worker_id,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-            step=None,
-            total_steps=None,
-        )
+        with self._write() as conn:
+            row = conn.execute(
+                sa.update(jobs_table)
+                .where(which, _J.state == JobState.in_queue.value)
+                .values(
+                    state=JobState.in_progress.value,
+                    attempts=_J.attempts + 1,
+                    started_at=now,
+                    worker_id=worker_id,
+                    lease_expires_at=now + timedelta(seconds=lease_s),
+                    step=None,
+                    total_steps=None,
+                )
+                .returning(*jobs_table.c)
+            ).one_or_none()
+        return Job.from_row(row) if row else None
 
     def claim_next(self, model_ids: Sequence[str], worker_id: str, lease_s: float) -> Job | None:
         """Move the oldest in_queue job of `model_ids` to in_progress for this worker; None if there is none."""
@@ -435,15 +443,9 @@ class JobStore(_Database):
             .scalar_subquery()
         )
         for _ in range(_CLAIM_RETRIES):
-            with self._write() as conn:
-                row = conn.execute(
-                    sa.update(jobs_table)
-                    .where(_J.seq == candidates, _J.state == JobState.in_queue.value)
-                    .values(**self._claim_values(worker_id, lease_s))
-                    .returning(*jobs_table.c)
-                ).one_or_none()
-            if row is not None:
-                return Job.from_row(row)
+            job = self._claim(_J.seq == candidates, worker_id, lease_s)
+            if job is not None:
+                return job
             if not self._any_queued(model_ids):
                 return None
             # Lost a race for the head of the queue (PostgreSQL): try the next one.
@@ -456,14 +458,7 @@ class JobStore(_Database):
 
     def claim(self, job_id: str, worker_id: str, lease_s: float) -> Job | None:
         """Move this in_queue job to in_progress for this worker; None if it is not in_queue."""
-        with self._write() as conn:
-            row = conn.execute(
-                sa.update(jobs_table)
-                .where(_J.id == job_id, _J.state == JobState.in_queue.value)
-                .values(**self._claim_values(worker_id, lease_s))
-                .returning(*jobs_table.c)
-            ).one_or_none()
-        return Job.from_row(row) if row else None
+        return self._claim(_J.id == job_id, worker_id, lease_s)
 
     def _owned(self, job_id: str, worker_id: str) -> sa.ColumnElement[bool]:
         return sa.and_(_J.id == job_id, _J.worker_id == worker_id, _J.state == JobState.in_progress.value)
