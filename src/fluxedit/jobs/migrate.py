@@ -12,11 +12,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from fluxedit.jobs.store import JobStore, open_database
+from fluxedit.jobs.store import JobStore, lock_schema, open_database
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 BASELINE_REVISION = "0001"  # the schema create_all made before migrations existed
-_PG_LOCK_ID = 0x666C7578  # the lock JobStore.create_schema takes too: the two never overlap
 
 
 def _alembic_config(connection: Connection):
@@ -38,8 +37,7 @@ def upgrade_database(database: str | Engine) -> None:
         from alembic import command
 
         with engine.begin() as conn:
-            if engine.dialect.name == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
+            lock_schema(conn)
             config = _alembic_config(conn)
             inspector = sa.inspect(conn)
             if inspector.has_table("jobs") and not inspector.has_table("alembic_version"):

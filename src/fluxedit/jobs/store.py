@@ -190,7 +190,17 @@ def open_database(database_url: str) -> Engine:
     return engine
 
 
-_SCHEMA_LOCK_ID = 0x666C7578  # "flux": serialises create_schema across processes on PostgreSQL
+_SCHEMA_LOCK_ID = 0x666C7578  # "flux"
+
+
+def lock_schema(conn: Connection) -> None:
+    """PostgreSQL: wait for the lock that serialises schema changes across processes, held until commit.
+
+    Taken by `create_schema` and `fluxedit.jobs.migrate.upgrade_database`, so that
+    several processes starting at once against a new database take turns.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_ID)))
 
 
 def _now() -> datetime:
@@ -206,9 +216,7 @@ class _Database:
     def create_schema(self) -> None:
         """Create the tables that are missing (both jobs and api_keys)."""
         with self._write() as conn:
-            if conn.dialect.name == "postgresql":
-                # Several processes may start at once against a new database.
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_ID)))
+            lock_schema(conn)
             metadata.create_all(conn)
 
     @contextmanager
