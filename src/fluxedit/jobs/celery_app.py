@@ -164,7 +164,8 @@ class CeleryDispatcher:
     """The API side of the cluster mode: one Celery message per job, on its model's queue.
 
     Also recovers jobs whose worker died (lease expiry) and re-sends messages
-    that could not be sent while the broker was down.
+    that could not be sent while the broker was down; `fluxedit worker` runs
+    one for that recovery loop alone.
     """
 
     def __init__(self, store: JobStore, model_ids: Iterable[str], settings: Settings, app: Celery | None = None):
@@ -242,12 +243,7 @@ def run_worker(settings: Settings, model_specs: list[str]) -> int:
     app = create_celery(settings, context)
     queues = sorted({queue_name(model_id) for model_id in engines})
 
-    def send(job: Job) -> None:
-        app.send_task(RUN_JOB_TASK, args=[job.id], queue=queue_name(job.model_id))
-
-    recovery = Periodic(
-        "fluxedit-recover", settings.recover_interval_s, lambda: recover_and_requeue(context.store, send, settings)
-    )
+    recovery = CeleryDispatcher(context.store, engines, settings, app)
     recovery.start()
     print(f"fluxedit worker {context.worker_id} serving {', '.join(engines)} on queues {', '.join(queues)}", flush=True)
     worker = app.Worker(
@@ -261,7 +257,7 @@ def run_worker(settings: Settings, model_specs: list[str]) -> int:
     try:
         worker.start()
     finally:
-        recovery.stop(timeout=recovery.interval_s + 5)
+        recovery.stop()
         context.store.dispose()
     return worker.exitcode or 0
 
