@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,11 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _fixtures_jobs import postgres_databases
+from _fixtures_server import free_port
 
 
 def wait_http(url: str, proc: subprocess.Popen | None = None, timeout_s: float = 60.0) -> None:
@@ -114,7 +110,6 @@ def s3_bucket(s3_server: S3Server) -> str:
 
 # --- PostgreSQL and Redis ---------------------------------------------------------------
 
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
 REDIS_DBS = range(15, 0, -1)
 REDIS_OWNER_KEY = "fluxedit-tests:owner"
 
@@ -122,25 +117,8 @@ REDIS_OWNER_KEY = "fluxedit-tests:owner"
 @pytest.fixture(scope="module")
 def new_postgres_database() -> Iterator:
     """A factory: new_postgres_database() -> the URL of a fresh, empty database (dropped at the end)."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is not reachable: {exc}")
-    names: list[str] = []
-
-    def make() -> str:
-        name = f"fluxedit_cluster_{uuid.uuid4().hex[:12]}"
-        admin.execute(f'CREATE DATABASE "{name}"')
-        names.append(name)
-        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-
-    try:
+    with postgres_databases("fluxedit_cluster") as make:
         yield make
-    finally:
-        for name in names:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def _claim_redis_db(redis, token: str):

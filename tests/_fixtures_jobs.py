@@ -3,28 +3,46 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped at the end."""
+@contextmanager
+def postgres_databases(prefix: str) -> Iterator[Callable[[], str]]:
+    """make() -> the URL of a fresh, empty PostgreSQL database; all are dropped at the end.
+
+    Skips the test when PostgreSQL on 127.0.0.1:5432 is not reachable.
+    """
     psycopg = pytest.importorskip("psycopg")
     try:
         admin = psycopg.connect(PG_ADMIN, autocommit=True)
     except psycopg.OperationalError as exc:
         pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is not reachable: {exc}")
-    name = f"fluxedit_test_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
+    names: list[str] = []
+
+    def make() -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        admin.execute(f'CREATE DATABASE "{name}"')
+        names.append(name)
+        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        yield make
     finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for name in names:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    with postgres_databases("fluxedit_test") as make:
+        yield make()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -16,6 +16,7 @@ from PIL import ExifTags, Image
 
 from fluxedit.config import Settings
 from fluxedit.jobs.dispatch import LocalDispatcher
+from fluxedit.jobs.periodic import Periodic
 from fluxedit.jobs.store import Job, JobStore
 from fluxedit.jobs.worker import INTERNAL_ERROR_MESSAGE, run_job
 from fluxedit.schema import JobState
@@ -254,6 +255,7 @@ torch.set_num_threads(1)
 from fluxedit.config import Settings
 from fluxedit.engines.flux2 import Flux2Engine
 from fluxedit.jobs.dispatch import LocalDispatcher
+from fluxedit.jobs.periodic import Periodic
 from fluxedit.jobs.store import JobStore
 from fluxedit.storage import LocalStorage, UrlSigner
 url, model_dir, files, model = sys.argv[1:5]
@@ -304,3 +306,22 @@ def test_every_runs_housekeeping_tasks(job_store, tiny_engine, storage, settings
     n = len(calls)
     time.sleep(0.2)
     assert len(calls) == n  # stopped with the dispatcher
+
+
+def test_periodic_task_survives_its_errors_and_ends_with_stop() -> None:
+    calls: list[int] = []
+
+    def flaky() -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise RuntimeError("the first run fails")
+
+    task = Periodic("test-periodic", 0.02, flaky)
+    task.start()
+    try:
+        wait_until(lambda: len(calls) >= 3, timeout=30, what="runs after a failed one")
+    finally:
+        task.stop(timeout=30)
+    n = len(calls)
+    time.sleep(0.1)
+    assert len(calls) == n

@@ -30,6 +30,7 @@ from celery import Celery
 from fluxedit.config import Settings
 from fluxedit.engines.base import Engine
 from fluxedit.errors import InvalidInput
+from fluxedit.jobs.periodic import Periodic
 from fluxedit.jobs.store import Job, JobStore, jobs_table
 from fluxedit.schema import JobState
 from fluxedit.storage import open_storage, resolve_issued_url
@@ -159,38 +160,12 @@ def resend_queued(settings: Settings, app: Celery | None = None) -> int:
         store.dispose()
 
 
-class _Periodic:
-    """Run `fn` every `interval_s` seconds on a daemon thread until stopped; errors are logged, not fatal."""
-
-    def __init__(self, name: str, interval_s: float, fn: Callable[[], object]) -> None:
-        self._stop = threading.Event()
-        self._fn = fn
-        self._interval_s = interval_s
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=self._interval_s + 5)
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                self._fn()
-            except Exception:
-                log.exception("%s failed; retrying in %s s", self._thread.name, self._interval_s)
-            if self._stop.wait(self._interval_s):
-                return
-
-
 class CeleryDispatcher:
     """The API side of the cluster mode: one Celery message per job, on its model's queue.
 
     Also recovers jobs whose worker died (lease expiry) and re-sends messages
-    that could not be sent while the broker was down.
+    that could not be sent while the broker was down; `fluxedit worker` runs
+    one for that recovery loop alone.
     """
 
     def __init__(self, store: JobStore, model_ids: Iterable[str], settings: Settings, app: Celery | None = None):
@@ -200,14 +175,14 @@ class CeleryDispatcher:
         self.app = app or create_celery(settings)
         self._unsent: dict[str, Job] = {}
         self._lock = threading.Lock()
-        self._recovery = _Periodic("fluxedit-recover", settings.recover_interval_s, self._housekeeping)
+        self._recovery = Periodic("fluxedit-recover", settings.recover_interval_s, self._housekeeping)
 
     def start(self) -> None:
         self._recovery.start()
 
     def stop(self, *, interrupt: bool = True, timeout: float | None = None) -> None:
         """Stop the housekeeping loop. Running jobs belong to the workers: they are not touched."""
-        self._recovery.stop()
+        self._recovery.stop(timeout=self._recovery.interval_s + 5)
         self.app.close()
 
     def notify(self, job: Job) -> None:
@@ -268,12 +243,7 @@ def run_worker(settings: Settings, model_specs: list[str]) -> int:
     app = create_celery(settings, context)
     queues = sorted({queue_name(model_id) for model_id in engines})
 
-    def send(job: Job) -> None:
-        app.send_task(RUN_JOB_TASK, args=[job.id], queue=queue_name(job.model_id))
-
-    recovery = _Periodic(
-        "fluxedit-recover", settings.recover_interval_s, lambda: recover_and_requeue(context.store, send, settings)
-    )
+    recovery = CeleryDispatcher(context.store, engines, settings, app)
     recovery.start()
     print(f"fluxedit worker {context.worker_id} serving {', '.join(engines)} on queues {', '.join(queues)}", flush=True)
     worker = app.Worker(

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from fluxedit.config import Settings
 from fluxedit.engines.base import Engine
+from fluxedit.jobs.periodic import Periodic
 from fluxedit.jobs.store import Job, JobStore
 from fluxedit.jobs.worker import ResolveLocal, execute
 from fluxedit.storage.base import Storage
@@ -54,13 +55,6 @@ class _Group:
     thread: threading.Thread | None = None
 
 
-@dataclass
-class _Periodic:
-    interval_s: float
-    fn: Callable[[], object]
-    due: float = 0.0
-
-
 class LocalDispatcher:
     """Worker threads in this process: one per distinct engine, one job at a time, FIFO per model.
 
@@ -92,8 +86,8 @@ class LocalDispatcher:
         self.resolve_local = resolve_local
         self._stopping = threading.Event()  # take no new jobs
         self._interrupt = threading.Event()  # stop running jobs at their next step
-        self._periodic: list[_Periodic] = [_Periodic(settings.recover_interval_s, self._recover)]
-        self._housekeeper: threading.Thread | None = None
+        self._periodic = [Periodic("fluxedit-recover", settings.recover_interval_s, self._recover)]
+        self._started = False
         base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         model_ids_of: dict[int, list[str]] = {}
         for model_id, engine in self.engines.items():
@@ -115,14 +109,18 @@ class LocalDispatcher:
         return list(self.engines)
 
     def every(self, interval_s: float, fn: Callable[[], object]) -> None:
-        """Also run `fn` every `interval_s` on the housekeeping thread (e.g. a storage sweep)."""
-        self._periodic.append(_Periodic(interval_s, fn))
+        """Also run `fn` every `interval_s` while the dispatcher runs (e.g. a storage sweep)."""
+        task = Periodic("fluxedit-housekeeping", interval_s, fn)
+        self._periodic.append(task)
+        if self._started:
+            task.start()
 
     def start(self) -> None:
-        if self._housekeeper is not None:
+        if self._started:
             return
-        self._housekeeper = threading.Thread(target=self._housekeeping, name="fluxedit-housekeeping", daemon=True)
-        self._housekeeper.start()
+        self._started = True
+        for task in self._periodic:
+            task.start()
         for group in self._groups:
             group.thread = threading.Thread(
                 target=self._work, args=(group,), name=f"fluxedit-worker-{group.model_ids[0]}", daemon=True
@@ -140,9 +138,15 @@ class LocalDispatcher:
         for group in self._groups:
             group.wake.set()
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in [g.thread for g in self._groups] + [self._housekeeper]:
-            if thread is not None:
-                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+        def remaining() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        for task in self._periodic:
+            task.stop(remaining())
+        for group in self._groups:
+            if group.thread is not None:
+                group.thread.join(remaining())
 
     # --- threads ---------------------------------------------------------------------
 
@@ -182,20 +186,6 @@ class LocalDispatcher:
             group.engine.load()
         except Exception as exc:
             log.error("could not load the engine for %s: %s", ", ".join(group.model_ids), exc)
-
-    def _housekeeping(self) -> None:
-        while True:
-            now = time.monotonic()
-            for task in self._periodic:
-                if now >= task.due:
-                    task.due = now + task.interval_s
-                    try:
-                        task.fn()
-                    except Exception:
-                        log.exception("housekeeping task %r failed", task.fn)
-            next_due = min(t.due for t in self._periodic)
-            if self._stopping.wait(max(0.05, next_due - time.monotonic())):
-                return
 
     def _recover(self) -> None:
         changed = self.store.recover_expired(self.settings.max_attempts)

@@ -7,16 +7,17 @@ migrations run once and the others find the schema current.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from fluxedit.jobs.store import JobStore, open_database
+from fluxedit.jobs.store import JobStore, lock_schema, open_database
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 BASELINE_REVISION = "0001"  # the schema create_all made before migrations existed
-_PG_LOCK_ID = 0x666C7578  # the lock JobStore.create_schema takes too: the two never overlap
 
 
 def _alembic_config(connection: Connection):
@@ -28,32 +29,39 @@ def _alembic_config(connection: Connection):
     return config
 
 
+@contextmanager
+def _engine(database: str | Engine) -> Iterator[Engine]:
+    """The engine given, or one opened for a URL and disposed of afterwards."""
+    if not isinstance(database, str):
+        yield database
+        return
+    engine = open_database(database)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 def upgrade_database(database: str | Engine) -> None:
     """Create or migrate the jobs and api_keys tables to the current schema."""
-    engine = open_database(database) if isinstance(database, str) else database
-    try:
+    with _engine(database) as engine:
         if engine.dialect.name == "sqlite":
             JobStore(engine).create_schema()  # one file, one machine: no migration history kept
             return
         from alembic import command
 
         with engine.begin() as conn:
-            if engine.dialect.name == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
+            lock_schema(conn)
             config = _alembic_config(conn)
             inspector = sa.inspect(conn)
             if inspector.has_table("jobs") and not inspector.has_table("alembic_version"):
                 command.stamp(config, BASELINE_REVISION)  # tables from create_all: adopt them
             command.upgrade(config, "head")
-    finally:
-        if isinstance(database, str):
-            engine.dispose()
 
 
 def current_revision(database: str | Engine) -> str | None:
     """The revision the database is at (None: never migrated)."""
     from alembic.runtime.migration import MigrationContext
 
-    engine = open_database(database) if isinstance(database, str) else database
-    with engine.connect() as conn:
+    with _engine(database) as engine, engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()

@@ -35,8 +35,6 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from fluxedit.errors import FluxeditError, InvalidInput
 from fluxedit.schema import JobState
 
-UTC = UTC
-
 # --- errors ------------------------------------------------------------------------
 
 
@@ -192,7 +190,17 @@ def open_database(database_url: str) -> Engine:
     return engine
 
 
-_SCHEMA_LOCK_ID = 0x666C7578  # "flux": serialises create_schema across processes on PostgreSQL
+_SCHEMA_LOCK_ID = 0x666C7578  # "flux"
+
+
+def lock_schema(conn: Connection) -> None:
+    """PostgreSQL: wait for the lock that serialises schema changes across processes, held until commit.
+
+    Taken by `create_schema` and `fluxedit.jobs.migrate.upgrade_database`, so that
+    several processes starting at once against a new database take turns.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_ID)))
 
 
 def _now() -> datetime:
@@ -208,9 +216,7 @@ class _Database:
     def create_schema(self) -> None:
         """Create the tables that are missing (both jobs and api_keys)."""
         with self._write() as conn:
-            if conn.dialect.name == "postgresql":
-                # Several processes may start at once against a new database.
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_ID)))
+            lock_schema(conn)
             metadata.create_all(conn)
 
     @contextmanager
@@ -410,17 +416,25 @@ class JobStore(_Database):
 
     # --- workers ----------------------------------------------------------------------
 
-    def _claim_values(self, worker_id: str, lease_s: float) -> dict:
+    def _claim(self, which: sa.ColumnElement[bool], worker_id: str, lease_s: float) -> Job | None:
+        """Move the job `which` selects to in_progress for this worker, if it is still in_queue."""
         now = _now()
-        return dict(
-            state=JobState.in_progress.value,
-            attempts=_J.attempts + 1,
-            started_at=now,
-            worker_id=worker_id,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-            step=None,
-            total_steps=None,
-        )
+        with self._write() as conn:
+            row = conn.execute(
+                sa.update(jobs_table)
+                .where(which, _J.state == JobState.in_queue.value)
+                .values(
+                    state=JobState.in_progress.value,
+                    attempts=_J.attempts + 1,
+                    started_at=now,
+                    worker_id=worker_id,
+                    lease_expires_at=now + timedelta(seconds=lease_s),
+                    step=None,
+                    total_steps=None,
+                )
+                .returning(*jobs_table.c)
+            ).one_or_none()
+        return Job.from_row(row) if row else None
 
     def claim_next(self, model_ids: Sequence[str], worker_id: str, lease_s: float) -> Job | None:
         """Move the oldest in_queue job of `model_ids` to in_progress for this worker; None if there is none."""
@@ -437,15 +451,9 @@ class JobStore(_Database):
             .scalar_subquery()
         )
         for _ in range(_CLAIM_RETRIES):
-            with self._write() as conn:
-                row = conn.execute(
-                    sa.update(jobs_table)
-                    .where(_J.seq == candidates, _J.state == JobState.in_queue.value)
-                    .values(**self._claim_values(worker_id, lease_s))
-                    .returning(*jobs_table.c)
-                ).one_or_none()
-            if row is not None:
-                return Job.from_row(row)
+            job = self._claim(_J.seq == candidates, worker_id, lease_s)
+            if job is not None:
+                return job
             if not self._any_queued(model_ids):
                 return None
             # Lost a race for the head of the queue (PostgreSQL): try the next one.
@@ -458,14 +466,7 @@ class JobStore(_Database):
 
     def claim(self, job_id: str, worker_id: str, lease_s: float) -> Job | None:
         """Move this in_queue job to in_progress for this worker; None if it is not in_queue."""
-        with self._write() as conn:
-            row = conn.execute(
-                sa.update(jobs_table)
-                .where(_J.id == job_id, _J.state == JobState.in_queue.value)
-                .values(**self._claim_values(worker_id, lease_s))
-                .returning(*jobs_table.c)
-            ).one_or_none()
-        return Job.from_row(row) if row else None
+        return self._claim(_J.id == job_id, worker_id, lease_s)
 
     def _owned(self, job_id: str, worker_id: str) -> sa.ColumnElement[bool]:
         return sa.and_(_J.id == job_id, _J.worker_id == worker_id, _J.state == JobState.in_progress.value)
