@@ -294,20 +294,6 @@ def test_job_of_a_killed_process_runs_again_after_its_lease(
     assert done.attempts == 2  # the killed run counts
 
 
-def test_every_runs_housekeeping_tasks(job_store, tiny_engine, storage, settings) -> None:
-    calls: list[float] = []
-    dispatcher = LocalDispatcher(job_store, {MODEL: tiny_engine}, storage, settings)
-    dispatcher.every(0.05, lambda: calls.append(time.monotonic()))
-    dispatcher.start()
-    try:
-        wait_until(lambda: len(calls) >= 3, timeout=30, what="three sweeps")
-    finally:
-        dispatcher.stop()
-    n = len(calls)
-    time.sleep(0.2)
-    assert len(calls) == n  # stopped with the dispatcher
-
-
 def test_periodic_task_survives_its_errors_and_ends_with_stop() -> None:
     calls: list[int] = []
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import threading
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 
 from fastapi import FastAPI
@@ -19,6 +18,7 @@ from fluxedit.config import Settings
 from fluxedit.engines.base import Engine
 from fluxedit.jobs.dispatch import Dispatcher
 from fluxedit.jobs.migrate import upgrade_database
+from fluxedit.jobs.periodic import Periodic
 from fluxedit.jobs.store import JobStore, KeyStore
 from fluxedit.storage import open_storage
 from fluxedit.storage.base import Storage
@@ -48,17 +48,12 @@ class Services:
     signer: UrlSigner
     dispatcher: Dispatcher | None
     allow_unauthenticated: bool = False
-    _stop: threading.Event = field(default_factory=threading.Event)
 
-    def sweep_forever(self) -> None:
-        """Remove expired output and upload files until the app stops."""
-        while not self._stop.wait(self.settings.sweep_interval_s):
-            try:
-                removed = self.storage.sweep(self.settings.url_expiry_s)
-                if removed:
-                    log.info("swept %d expired files", removed)
-            except Exception:
-                log.exception("file sweep failed")
+    def sweep(self) -> None:
+        """Remove output and upload files older than their URLs' life."""
+        removed = self.storage.sweep(self.settings.url_expiry_s)
+        if removed:
+            log.info("swept %d expired files", removed)
 
 
 def build_services(
@@ -91,12 +86,12 @@ def build_services(
 def create_app(services: Services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        sweeper = Periodic("fluxedit-sweep", services.settings.sweep_interval_s, services.sweep)
         if services.dispatcher is not None:
             services.dispatcher.start()
-        sweeper = threading.Thread(target=services.sweep_forever, name="fluxedit-sweep", daemon=True)
         sweeper.start()
         yield
-        services._stop.set()
+        sweeper.stop(timeout=5)
         if services.dispatcher is not None:
             services.dispatcher.stop()
 

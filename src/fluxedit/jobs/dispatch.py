@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -107,13 +106,6 @@ class LocalDispatcher:
     @property
     def model_ids(self) -> list[str]:
         return list(self.engines)
-
-    def every(self, interval_s: float, fn: Callable[[], object]) -> None:
-        """Also run `fn` every `interval_s` while the dispatcher runs (e.g. a storage sweep)."""
-        task = Periodic("fluxedit-housekeeping", interval_s, fn)
-        self._periodic.append(task)
-        if self._started:
-            task.start()
 
     def start(self) -> None:
         if self._started:
