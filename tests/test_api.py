@@ -288,6 +288,23 @@ def test_bodies_and_uploads_are_bounded(small_limits_server):
         assert not_image.status_code == 422 and not_image.json()["error"]["code"] == "input_not_image"
 
 
+def test_a_chunked_body_is_bounded_as_it_arrives(small_limits_server):
+    def chunks(head: bytes = b""):  # no Content-Length: the bound is found only while the body streams in
+        yield head
+        for _ in range(40):
+            yield b" " * 16_384
+
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n' + png(64, 64)
+    with small_limits_server.client() as http:
+        json_body = http.post(f"/v1/models/{PRO}", content=chunks(), headers={"Content-Type": "application/json"})
+        upload = http.post(
+            "/v1/files", content=chunks(part), headers={"Content-Type": "multipart/form-data; boundary=b"}
+        )
+    for answer in (json_body, upload):
+        assert answer.status_code == 413 and answer.json()["error"]["code"] == "payload_too_large"
+        assert "/v1/files" in answer.json()["error"]["message"]
+
+
 def test_no_auth_is_refused_off_loopback(tmp_path):
     from _fixtures_server import run_cli
 

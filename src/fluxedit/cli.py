@@ -168,9 +168,12 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from fluxedit.edit_cli import edit_locally, edit_on_server
+    from fluxedit.schema import MAX_REFERENCES
 
-    if len(args.image) > 10:
-        raise InvalidInput(f"At most 10 references (-i) are allowed; {len(args.image)} were given.", field="-i")
+    if len(args.image) > MAX_REFERENCES:
+        raise InvalidInput(
+            f"At most {MAX_REFERENCES} references (-i) are allowed; {len(args.image)} were given.", field="-i"
+        )
     if args.server:
         return edit_on_server(args)
     return edit_locally(args, _settings(args))

@@ -50,10 +50,8 @@ def auto_size(reference_width: int, reference_height: int) -> tuple[int, int]:
     return w16, h16
 
 
-def resolve_size(
-    image_size: str | dict | tuple[int, int], first_reference: tuple[int, int] | None = None
-) -> tuple[int, int]:
-    """(width, height) in pixels for a preset name, "auto", a {width, height} or a (w, h).
+def resolve_size(image_size: str | tuple[int, int], first_reference: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(width, height) in pixels for a preset name, "auto" or a custom (width, height).
 
     "auto" needs the first reference's (width, height).
     """
@@ -69,10 +67,6 @@ def resolve_size(
             'or {"width": W, "height": H}.',
             field="image_size",
         )
-    if isinstance(image_size, dict):
-        return custom_size(int(image_size["width"]), int(image_size["height"]))
-    if hasattr(image_size, "width") and hasattr(image_size, "height"):
-        return custom_size(image_size.width, image_size.height)
     width, height = image_size
     return custom_size(width, height)
 

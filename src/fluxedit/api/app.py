@@ -75,7 +75,7 @@ def build_services(
         settings=settings,
         models=served,
         store=store,
-        keys=KeyStore(settings.resolved_database_url),
+        keys=KeyStore(store.engine),  # the same database: one connection pool, not two
         storage=storage,
         signer=signer,
         dispatcher=dispatcher,
