@@ -311,3 +311,35 @@ def test_no_auth_is_refused_off_loopback(tmp_path):
     done = run_cli("serve", "--model", "tiny", "--host", "0.0.0.0", "--no-auth", data_dir=tmp_path)
     assert done.returncode != 0
     assert "loopback" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_edit_on_a_server_uploads_local_files_and_uses_urls(tiny_server, refs, tmp_path):
+    from _fixtures_server import run_cli
+
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(png(200, 100, (250, 200, 0)))
+    out = tmp_path / "remote.png"
+    done = run_cli(
+        "edit", "--server", tiny_server.base_url, "--api-key", tiny_server.api_key,
+        "--model", PRO, "-p", "remote edit", "-i", str(photo), "-i", refs[1],
+        "--size", "square", "--steps", "3", "-o", str(out),
+        data_dir=tmp_path / "client-data",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == (512, 512)
+    with tiny_server.client() as http:
+        [latest] = http.get("/v1/requests", params={"limit": 1}).json()["requests"]
+    assert latest["input"]["prompt"] == "remote edit"
+    assert latest["input"]["image_urls"][0].startswith(tiny_server.base_url + "/files/uploads/")
+
+
+def test_cli_edit_on_a_server_with_a_wrong_key_says_so(tiny_server, tmp_path):
+    from _fixtures_server import run_cli
+
+    done = run_cli(
+        "edit", "--server", tiny_server.base_url, "--api-key", "fe_wrong", "-p", "x",
+        "-i", "https://example.com/a.png", "-o", str(tmp_path / "o.jpg"),
+        data_dir=tmp_path / "client-data",
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "API key" in done.stderr and "Traceback" not in done.stderr
