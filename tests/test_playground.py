@@ -27,6 +27,7 @@ def open_with_key(page: Page, server, key: str | None = None) -> None:
     expect(page.get_by_role("heading", name="Edit")).to_be_visible()
     page.get_by_label("API key", exact=True).fill(key or server.api_key)
     page.get_by_role("button", name="Use key").click()
+    assert (key or server.api_key) not in page.url, "the key never goes into a URL"
 
 
 def wait_for_models(page: Page) -> None:

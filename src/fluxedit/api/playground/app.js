@@ -108,6 +108,8 @@ class Playground {
         this.refs.addFiles(files);
       }
     });
+    // The forms are handled now: their submit buttons start disabled in the HTML.
+    for (const id of ["#key-save", "#submit"]) $(id).disabled = false;
   }
 
   announce(text) {
