@@ -79,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
 
     data = photo_like_jpeg()
-    ours = decode_reference(data)
+    ours = decode_reference(data).image
     size = ours.size
     assert naive(data, size).size == size, "both paths must produce the model's input size"
     reference = pipeline_input(data)

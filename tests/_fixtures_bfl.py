@@ -67,6 +67,8 @@ class FakeBfl:
     submits: list[dict] = field(default_factory=list)  # every accepted or refused submit, key left out
     downloads: list[str] = field(default_factory=list)  # task ids whose result was fetched
     tasks: dict[str, _Task] = field(default_factory=dict)
+    active: set[str] = field(default_factory=set)  # tasks submitted and not yet finished, as BFL counts them
+    most_active: int = 0  # the most tasks that were active at once
     _busy_counts: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -75,6 +77,8 @@ class FakeBfl:
             self.submits.clear()
             self.downloads.clear()
             self.tasks.clear()
+            self.active.clear()
+            self.most_active = 0
             self._busy_counts.clear()
 
     @property
@@ -147,6 +151,9 @@ def create_app(fake: FakeBfl) -> FastAPI:
             return {"id": id, "status": "Task not found", "result": None}
         status = task.script[min(task.polls, len(task.script) - 1)]
         task.polls += 1
+        if status != "Pending":
+            with fake._lock:
+                fake.active.discard(id)
         answer: dict = {"id": id, "status": status, "result": None, "progress": None, "details": None}
         if status == "Pending":
             answer["progress"] = round(task.polls / len(task.script), 2)
@@ -218,7 +225,10 @@ def _accept(fake: FakeBfl, model: str, body: dict, record: dict) -> JSONResponse
         script=_script(prompt),
         key_seen=fake.api_key if "[error-leak]" in prompt else "",
     )
-    fake.tasks[task.id] = task
+    with fake._lock:
+        fake.tasks[task.id] = task
+        fake.active.add(task.id)
+        fake.most_active = max(fake.most_active, len(fake.active))
     origin = fake.url.replace("127.0.0.1", "127.0.0.2") if "[foreign-poll]" in prompt else fake.url
     return {
         "id": task.id,

@@ -56,7 +56,7 @@ def test_exif_orientation_6_is_applied():
     image.paste((255, 0, 0), (0, 0, 32, 32))  # red in the stored top-left corner
     exif = Image.Exif()
     exif[ExifTags.Base.Orientation] = 6  # "rotate 90 degrees clockwise to display"
-    out = decode_reference(save(image, "JPEG", exif=exif, quality=95))
+    out = decode_reference(save(image, "JPEG", exif=exif, quality=95)).image
     assert out.size == (160, 320)
     r, g, b = out.getpixel((160 - 8, 8))  # the corner is now top-right
     assert r > 200 and g < 60 and b < 60
@@ -67,7 +67,7 @@ def test_exif_orientation_6_is_applied():
 def test_rgba_png_transparent_pixels_become_white():
     image = Image.new("RGBA", (128, 128), (0, 0, 0, 0))  # transparent black
     image.paste((200, 10, 10, 255), (64, 0, 128, 128))  # opaque red on the right
-    out = decode_reference(save(image, "PNG"))
+    out = decode_reference(save(image, "PNG")).image
     assert out.mode == "RGB" and out.size == (128, 128)
     assert out.getpixel((10, 10)) == (255, 255, 255)
     assert out.getpixel((100, 10)) == (200, 10, 10)
@@ -76,7 +76,7 @@ def test_rgba_png_transparent_pixels_become_white():
 def test_cmyk_jpeg_colours_convert_to_rgb():
     image = Image.new("CMYK", (128, 128), (255, 0, 0, 0))  # pure cyan ink
     image.paste((0, 255, 255, 0), (0, 0, 64, 128))  # magenta + yellow = red
-    out = decode_reference(save(image, "JPEG", quality=95))
+    out = decode_reference(save(image, "JPEG", quality=95)).image
     assert out.mode == "RGB"
     r, g, b = out.getpixel((100, 64))
     assert r < 40 and g > 215 and b > 215, (r, g, b)  # cyan
@@ -85,7 +85,7 @@ def test_cmyk_jpeg_colours_convert_to_rgb():
 
 
 def test_grayscale_png():
-    out = decode_reference(save(Image.new("L", (96, 96), 100), "PNG"))
+    out = decode_reference(save(Image.new("L", (96, 96), 100), "PNG")).image
     assert out.mode == "RGB" and out.getpixel((5, 5)) == (100, 100, 100)
 
 
@@ -94,7 +94,7 @@ def test_16_bit_png_is_scaled_not_clipped_to_white():
     image = Image.fromarray(ramp)
     data = save(image, "PNG")
     assert Image.open(io.BytesIO(data)).mode == "I;16"
-    out = np.asarray(decode_reference(data))
+    out = np.asarray(decode_reference(data).image)
     assert out.shape == (64, 256, 3)
     assert out[0, 0].tolist() == [0, 0, 0]
     assert out[0, 255].tolist() == [255, 255, 255]
@@ -105,7 +105,7 @@ def test_palette_png_with_transparency():
     image = Image.new("P", (96, 96), 0)
     image.putpalette([0, 0, 0, 0, 128, 0] + [0] * 762)  # index 0 black, 1 green
     image.paste(1, (48, 0, 96, 96))
-    out = decode_reference(save(image, "PNG", transparency=0))
+    out = decode_reference(save(image, "PNG", transparency=0)).image
     assert out.getpixel((10, 10)) == (255, 255, 255)  # transparent black -> white
     assert out.getpixel((70, 10)) == (0, 128, 0)
 
@@ -173,7 +173,7 @@ def pipeline_size(width: int, height: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_large_image_becomes_about_one_megapixel_in_multiples_of_16(fmt):
-    out = decode_reference(save(noisy((3000, 2000)), fmt))
+    out = decode_reference(save(noisy((3000, 2000)), fmt)).image
     assert out.mode == "RGB"
     assert out.size == pipeline_size(3000, 2000) == (1248, 832)
     assert 0.9 * MP < out.width * out.height <= MP
@@ -182,26 +182,26 @@ def test_large_image_becomes_about_one_megapixel_in_multiples_of_16(fmt):
 def test_large_rotated_jpeg_keeps_orientation_through_draft_decoding():
     exif = Image.Exif()
     exif[ExifTags.Base.Orientation] = 6
-    out = decode_reference(save(noisy((3000, 2000)), "JPEG", exif=exif))
+    out = decode_reference(save(noisy((3000, 2000)), "JPEG", exif=exif)).image
     assert out.size == (832, 1248)
 
 
 def test_large_image_content_survives_the_reduced_decode():
     image = Image.new("RGB", (2400, 1600), (20, 40, 220))
     image.paste((230, 30, 30), (0, 0, 1200, 1600))  # left half red
-    out = decode_reference(save(image, "JPEG", quality=90))
+    out = decode_reference(save(image, "JPEG", quality=90)).image
     w, h = out.size
     assert out.getpixel((w // 4, h // 2))[0] > 200
     assert out.getpixel((3 * w // 4, h // 2))[2] > 200
 
 
 def test_small_image_is_only_cropped_to_multiples_of_16():
-    out = decode_reference(save(noisy((150, 100)), "PNG"))
+    out = decode_reference(save(noisy((150, 100)), "PNG")).image
     assert out.size == (144, 96)
 
 
 def test_target_none_keeps_full_size():
-    out = decode_reference(save(noisy((1500, 1000)), "PNG"), target_pixels=None)
+    out = decode_reference(save(noisy((1500, 1000)), "PNG"), target_pixels=None).image
     assert out.size == (1500, 1000)
 
 
@@ -225,7 +225,7 @@ def test_encode_image_unknown_format():
 
 def test_multi_picture_jpeg_uses_the_first_picture():
     first, second = Image.new("RGB", (96, 96), (250, 0, 0)), Image.new("RGB", (96, 96), (0, 0, 250))
-    out = decode_reference(save(first, "MPO", save_all=True, append_images=[second]))
+    out = decode_reference(save(first, "MPO", save_all=True, append_images=[second])).image
     r, g, b = out.getpixel((48, 48))
     assert r > 200 and b < 50
 
@@ -234,12 +234,12 @@ def test_embedded_icc_profile_is_applied():
     from PIL import ImageCms
 
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    out = decode_reference(save(Image.new("RGB", (96, 96), (30, 140, 220)), "PNG", icc_profile=srgb))
+    out = decode_reference(save(Image.new("RGB", (96, 96), (30, 140, 220)), "PNG", icc_profile=srgb)).image
     assert all(abs(a - b) <= 2 for a, b in zip(out.getpixel((5, 5)), (30, 140, 220)))
 
 
 def test_lab_tiff_is_converted_colorimetrically():
     # L* = 50, a* = b* = 0 (Pillow stores a and b offset by 128): a neutral mid-grey.
-    out = decode_reference(save(Image.new("LAB", (96, 96), (128, 128, 128)), "TIFF"))
+    out = decode_reference(save(Image.new("LAB", (96, 96), (128, 128, 128)), "TIFF")).image
     r, g, b = out.getpixel((5, 5))
     assert max(r, g, b) - min(r, g, b) <= 2 and 100 <= r <= 140

@@ -18,7 +18,7 @@ from fluxedit.config import Settings
 from fluxedit.jobs.dispatch import LocalDispatcher
 from fluxedit.jobs.periodic import Periodic
 from fluxedit.jobs.store import Job, JobStore
-from fluxedit.jobs.worker import INTERNAL_ERROR_MESSAGE, run_job
+from fluxedit.jobs.worker import INTERNAL_ERROR_MESSAGE, WorkerContext, run_job
 from fluxedit.schema import JobState
 from fluxedit.sizes import auto_size
 from fluxedit.storage import LocalStorage, UrlSigner, resolve_issued_url
@@ -75,8 +75,8 @@ def submit(store: JobStore, model: str = MODEL, **input) -> Job:
     return store.submit("key-a", model, body, max_queued=100)
 
 
-def run(job_id: str, store, engine, storage, settings, **kw):
-    return run_job(job_id, store=store, engine=engine, storage=storage, settings=settings, worker_id="w1", **kw)
+def run(job_id: str, store, engine, storage, settings, resolve_local=None):
+    return run_job(job_id, engine, WorkerContext(store, storage, settings, resolve_local), worker_id="w1")
 
 
 def test_job_is_edited_and_its_images_stored(job_store, tiny_engine, storage, settings, image_server) -> None:
@@ -184,7 +184,7 @@ def test_cancelled_job_is_never_started(job_store, tiny_engine, storage, setting
 def test_dispatcher_runs_queued_jobs_in_order_one_at_a_time(job_store, tiny_engine, storage, settings) -> None:
     # Queued before the dispatcher starts (as after a restart), on two ids that alias one engine.
     jobs = [submit(job_store, model=(MODEL, ALIAS)[i % 2], num_inference_steps=2, seed=i) for i in range(4)]
-    dispatcher = LocalDispatcher(job_store, {MODEL: tiny_engine, ALIAS: tiny_engine}, storage, settings)
+    dispatcher = LocalDispatcher(WorkerContext(job_store, storage, settings), {MODEL: tiny_engine, ALIAS: tiny_engine})
     dispatcher.start()
     try:
         done = [wait_finished(job_store, j.id) for j in jobs]
@@ -198,7 +198,7 @@ def test_dispatcher_runs_queued_jobs_in_order_one_at_a_time(job_store, tiny_engi
 
 def test_notify_wakes_an_idle_dispatcher(job_store, tiny_engine, storage, settings) -> None:
     settings.poll_interval_s = 3600  # only notify() can wake the worker
-    dispatcher = LocalDispatcher(job_store, {MODEL: tiny_engine}, storage, settings)
+    dispatcher = LocalDispatcher(WorkerContext(job_store, storage, settings), {MODEL: tiny_engine})
     dispatcher.start()
     try:
         time.sleep(0.3)  # let the worker go idle first
@@ -215,7 +215,7 @@ def long_job(store: JobStore) -> Job:
 
 
 def test_cancel_stops_a_running_job_at_its_next_step(job_store, tiny_engine, storage, settings) -> None:
-    dispatcher = LocalDispatcher(job_store, {MODEL: tiny_engine}, storage, settings)
+    dispatcher = LocalDispatcher(WorkerContext(job_store, storage, settings), {MODEL: tiny_engine})
     dispatcher.start()
     try:
         job = long_job(job_store)
@@ -231,7 +231,7 @@ def test_cancel_stops_a_running_job_at_its_next_step(job_store, tiny_engine, sto
 
 
 def test_stop_puts_the_running_job_back_without_using_an_attempt(job_store, tiny_engine, storage, settings) -> None:
-    first = LocalDispatcher(job_store, {MODEL: tiny_engine}, storage, settings)
+    first = LocalDispatcher(WorkerContext(job_store, storage, settings), {MODEL: tiny_engine})
     first.start()
     job = long_job(job_store)
     first.notify(job)
@@ -240,7 +240,7 @@ def test_stop_puts_the_running_job_back_without_using_an_attempt(job_store, tiny
     back = job_store.get(job.id)
     assert back.state is JobState.in_queue and back.attempts == 0
 
-    second = LocalDispatcher(job_store, {MODEL: tiny_engine}, storage, settings)
+    second = LocalDispatcher(WorkerContext(job_store, storage, settings), {MODEL: tiny_engine})
     second.start()
     try:
         done = wait_finished(job_store, job.id, timeout=300)
@@ -257,11 +257,12 @@ from fluxedit.engines.flux2 import Flux2Engine
 from fluxedit.jobs.dispatch import LocalDispatcher
 from fluxedit.jobs.periodic import Periodic
 from fluxedit.jobs.store import JobStore
+from fluxedit.jobs.worker import WorkerContext
 from fluxedit.storage import LocalStorage, UrlSigner
 url, model_dir, files, model = sys.argv[1:5]
 settings = Settings(lease_s=2, poll_interval_s=0.2)
-store = JobStore(url)
-LocalDispatcher(store, {model: Flux2Engine(model_dir)}, LocalStorage(files, UrlSigner(b"s" * 32)), settings).start()
+context = WorkerContext(JobStore(url), LocalStorage(files, UrlSigner(b"s" * 32)), settings)
+LocalDispatcher(context, {model: Flux2Engine(model_dir)}).start()
 print("started", flush=True)
 time.sleep(600)
 """
@@ -284,7 +285,7 @@ def test_job_of_a_killed_process_runs_again_after_its_lease(
     assert job_store.get(job.id).state is JobState.in_progress
 
     settings.lease_s = 2
-    dispatcher = LocalDispatcher(job_store, {MODEL: tiny_engine}, storage, settings)
+    dispatcher = LocalDispatcher(WorkerContext(job_store, storage, settings), {MODEL: tiny_engine})
     dispatcher.start()
     try:
         done = wait_finished(job_store, job.id, timeout=300)

@@ -39,26 +39,6 @@ def _engine_flags() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- serve
 
 
-def _served_models(specs: list[str], settings: Settings):
-    """--model flags -> ServedModel list; one engine per distinct source, shared by its ids."""
-    from fluxedit.api.app import ServedModel
-    from fluxedit.engines.registry import DEFAULT_SOURCE, STANDARD_MODEL_IDS, make_engine, parse_model_spec
-
-    pairs: list[tuple[str, str]] = []
-    for spec in specs or [f"blackforestlabs/flux-2/klein-4b/edit={DEFAULT_SOURCE}"]:
-        if spec == "tiny":  # the offline demo: the tiny model behind every standard id
-            pairs += [(model_id, "tiny") for model_id in STANDARD_MODEL_IDS]
-        else:
-            pairs.append(parse_model_spec(spec))
-    engines: dict[str, object] = {}
-    served = []
-    for model_id, source in pairs:
-        if source not in engines:
-            engines[source] = make_engine(source, settings)
-        served.append(ServedModel(id=model_id, source=source, engine=engines[source]))
-    return served
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -68,29 +48,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _dispatcher_factory(settings: Settings):
-    """In-process worker threads by default; Celery queues when a broker is configured."""
-    if settings.broker_url:
-        from fluxedit.jobs.celery_app import CeleryDispatcher
-
-        return lambda store, served, storage, signer: CeleryDispatcher(store, list(served), settings)
-    from fluxedit.jobs.dispatch import LocalDispatcher
-    from fluxedit.storage import resolve_issued_url
-
-    return lambda store, served, storage, signer: LocalDispatcher(
-        store,
-        {m.id: m.engine for m in served.values()},
-        storage,
-        settings,
-        resolve_local=lambda url: resolve_issued_url(url, storage, signer),
-    )
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from fluxedit.api.app import build_services, create_app
-
     settings = _settings(args)
     if args.public_url:
         settings.public_url = args.public_url
@@ -100,19 +58,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"--no-auth is only allowed on a loopback address (127.0.0.1, ::1, localhost), not {args.host}.",
             field="--no-auth",
         )
-    served = _served_models(args.model, settings)
-    services = build_services(
-        settings,
-        served,
-        # --no-workers drops the in-process workers; with a broker, jobs go to the Celery workers regardless.
-        None if args.no_workers and not settings.broker_url else _dispatcher_factory(settings),
-        allow_unauthenticated=no_auth,
-    )
-    if not no_auth and services.keys.count_active() == 0:
-        key_id, secret = services.keys.create("default")
+    import uvicorn
+
+    from fluxedit.api.app import create_app
+    from fluxedit.runtime import open_runtime
+
+    # --no-workers: this process only queues; with a broker, the Celery workers run the jobs regardless.
+    runtime = open_runtime(settings, args.model, run_jobs=not args.no_workers)
+    if not no_auth and runtime.keys.count_active() == 0:
+        key_id, secret = runtime.keys.create("default")
         print(f"Created the first API key (shown once, keep it): {secret}", flush=True)
-    print(f"fluxedit serving {', '.join(m.id for m in served)} on http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(create_app(services), host=args.host, port=args.port, log_level=args.log_level)
+    print(f"fluxedit serving {', '.join(runtime.models)} on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(create_app(runtime, allow_unauthenticated=no_auth), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
@@ -130,8 +87,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    from fluxedit.jobs.keys import KeyStore
     from fluxedit.jobs.migrate import upgrade_database
-    from fluxedit.jobs.store import KeyStore
 
     settings = _settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -242,24 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    """Our own progress and errors are what a user reads: the libraries' bars and notices are noise."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    for library in (diffusers_logging, transformers_logging):
-        library.set_verbosity_error()
-        library.disable_progress_bar()
-    logging.getLogger("torchao").setLevel(logging.ERROR)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    if not args.verbose:
-        _quiet_libraries()
     try:
         return args.func(args)
     except FluxeditError as exc:

@@ -1,56 +1,87 @@
-"""`fluxedit edit`: one edit from the terminal, on this machine or on a fluxedit server."""
+"""`fluxedit edit`: one edit from the terminal, on this machine or on a fluxedit server.
+
+Every argument is checked before torch is imported, so a typo is answered at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fluxedit import sizes
 from fluxedit.config import Settings
-from fluxedit.errors import ImageInputError, InvalidInput
+from fluxedit.errors import FluxeditError, ImageInputError, InvalidInput
+from fluxedit.schema import EditInput, invalid_input
 
 console = Console(stderr=True)
 
+# Output file extension -> format; a file named otherwise needs --format.
+EXTENSION_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png"}
+
 
 def output_format(args: argparse.Namespace) -> str:
-    if args.format:
-        return args.format
-    return "png" if Path(args.output).suffix.lower() == ".png" else "jpeg"
+    """The format to write: --format, else the output's extension; refused when the two disagree."""
+    suffix = Path(args.output).suffix.lower()
+    implied = EXTENSION_FORMATS.get(suffix)
+    if suffix and implied is None:
+        raise InvalidInput(
+            f"-o {args.output}: fluxedit writes JPEG or PNG; name the output .jpg, .jpeg or .png.", field="-o"
+        )
+    if args.format and implied and args.format != implied:
+        raise InvalidInput(f"-o {args.output} is a {implied.upper()} name but --format is {args.format}.", field="-o")
+    return args.format or implied or "jpeg"
 
 
 def _is_url(ref: str) -> bool:
     return ref.startswith(("http://", "https://", "data:"))
 
 
-def read_references(refs: list[str], settings: Settings) -> list[bytes]:
-    """Bytes of each -i: files read here, URLs fetched through the same guarded fetcher as the server."""
-    from fluxedit.images.fetch import fetch_references
+def _as_image_url(ref: str, index: int) -> str:
+    """An -i as the edit input takes it: URLs as given, files as data: URIs (read now, so a missing file fails at once)."""
+    if _is_url(ref):
+        return ref
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise ImageInputError(f"Reference {index + 1} ({ref}) is not a file.", code="input_unreachable", index=index)
+    return "data:image/*;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
-    data: list[bytes | None] = []
-    for index, ref in enumerate(refs):
-        path = Path(ref).expanduser()
-        if _is_url(ref):
-            data.append(None)
-        elif path.is_file():
-            data.append(path.read_bytes())
-        else:
-            raise ImageInputError(
-                f"Reference {index + 1} ({ref}) is not a file.", code="input_unreachable", index=index
-            )
-    positions = [i for i, item in enumerate(data) if item is None]
+
+def edit_input(args: argparse.Namespace, image_urls: list[str]) -> EditInput:
+    """The edit's input, validated by the same schema as the API's."""
+    size = sizes.parse_size_arg(args.size)
+    values = {
+        "prompt": args.prompt,
+        "image_urls": image_urls,
+        "image_size": size if isinstance(size, str) else {"width": size[0], "height": size[1]},
+        "seed": args.seed,
+        "output_format": output_format(args),
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance,
+    }
     try:
-        fetched = fetch_references([refs[i] for i in positions], settings) if positions else []
-    except ImageInputError as exc:
-        exc.index = positions[exc.index] if exc.index is not None else None  # count among all -i, not URLs
-        raise
-    for position, content in zip(positions, fetched, strict=True):
-        data[position] = content
-    return data
+        return EditInput.model_validate({k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        raise for_people(invalid_input(exc.errors()), args.image) from None
+
+
+def for_people(error: FluxeditError, refs: list[str]) -> FluxeditError:
+    """An error about image_urls[i], said as people count: reference i+1, with the -i they gave."""
+    if error.index is not None and 0 <= error.index < len(refs):
+        prefix = f"image_urls[{error.index}]"
+        detail = error.message.removeprefix(prefix).lstrip(": ").removeprefix(prefix).lstrip(": ")
+        error.message = f"Reference {error.index + 1} ({_shown(refs[error.index])}): {detail}"
+    return error
+
+
+def _shown(ref: str) -> str:
+    return ref if len(ref) <= 80 else ref[:60] + "..."
 
 
 def _progress_bar() -> Progress:
@@ -65,30 +96,21 @@ def _progress_bar() -> Progress:
 
 
 def edit_locally(args: argparse.Namespace, settings: Settings) -> int:
-    from fluxedit.engines.base import EditRequest
-    from fluxedit.engines.registry import make_engine
-    from fluxedit.images.decode import decode_reference, encode_image
+    urls = [_as_image_url(ref, i) for i, ref in enumerate(args.image)]
+    params = edit_input(args, urls)
+    source = args.model or "tiny"
+    if source != "tiny" and not source.startswith("bfl:"):
+        from fluxedit.engines.weights import read_model_index
 
-    size = sizes.parse_size_arg(args.size)
-    fmt = output_format(args)
-    references = [
-        decode_reference(data, index=i, max_pixels=settings.max_image_pixels)
-        for i, data in enumerate(read_references(args.image, settings))
-    ]
-    width, height = sizes.resolve_size(size, references[0].info["source_size"])
-    engine = make_engine(args.model or "tiny", settings)
-    with console.status(f"loading {args.model or 'tiny'}"):
+        read_model_index(source)  # an unknown model fails here, before torch is imported
+    from fluxedit.images.decode import encode_image
+    from fluxedit.images.fetch import fetch_references
+    from fluxedit.pipeline import run_edit
+    from fluxedit.runtime import engine_for
+
+    engine = engine_for(source, settings)
+    with console.status(f"loading {source}"):
         engine.load()
-    request = EditRequest(
-        prompt=args.prompt,
-        images=references,
-        width=width,
-        height=height,
-        seed=args.seed,
-        steps=args.steps,
-        guidance=args.guidance,
-        output_format=fmt,
-    )
     started = time.perf_counter()
     with _progress_bar() as bar:
         task = bar.add_task("edit", total=None)
@@ -97,9 +119,17 @@ def edit_locally(args: argparse.Namespace, settings: Settings) -> int:
             bar.update(task, completed=step, total=total)
             return False
 
-        images = engine.edit(request, on_step)
-    Path(args.output).write_bytes(encode_image(images[0], fmt))
-    console.print(f"wrote {args.output} ({width}x{height}, seed {args.seed}) in {time.perf_counter() - started:.2f} s")
+        try:
+            outcome = run_edit(
+                params, engine, lambda refs: fetch_references(refs, settings), settings=settings, progress=on_step
+            )
+        except FluxeditError as exc:
+            raise for_people(exc, args.image) from None
+    Path(args.output).write_bytes(encode_image(outcome.images[0], params.output_format))
+    console.print(
+        f"wrote {args.output} ({outcome.width}x{outcome.height}, seed {params.seed}) "
+        f"in {time.perf_counter() - started:.2f} s"
+    )
     return 0
 
 
@@ -107,15 +137,18 @@ def edit_on_server(args: argparse.Namespace) -> int:
     from fluxedit.client import Client
 
     api_key = args.api_key or os.environ.get("FLUXEDIT_API_KEY")
-    size = sizes.parse_size_arg(args.size)
-    image_size = size if isinstance(size, str) else {"width": size[0], "height": size[1]}
     model = args.model or "blackforestlabs/flux-2/pro/edit"
     if model == "tiny" or Path(model).exists():
         raise InvalidInput(
             "With --server, --model is a model id such as blackforestlabs/flux-2/pro/edit.", field="--model"
         )
+    for index, ref in enumerate(args.image):
+        if not _is_url(ref) and not Path(ref).expanduser().is_file():
+            raise ImageInputError(f"Reference {index + 1} ({ref}) is not a file.", code="input_unreachable")
+    size = sizes.parse_size_arg(args.size)
+    fmt = output_format(args)
     with Client(args.server, api_key) as client, _progress_bar() as bar:
-        urls = [ref if _is_url(ref) else client.upload(Path(ref)) for ref in args.image]
+        urls = [ref if _is_url(ref) else client.upload(Path(ref).expanduser()) for ref in args.image]
         task = bar.add_task("edit", total=None)
 
         def on_update(status) -> None:
@@ -126,9 +159,9 @@ def edit_on_server(args: argparse.Namespace) -> int:
             model,
             prompt=args.prompt,
             image_urls=urls,
-            image_size=image_size,
+            image_size=size if isinstance(size, str) else {"width": size[0], "height": size[1]},
             seed=args.seed,
-            output_format=output_format(args),
+            output_format=fmt,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
             on_update=on_update,

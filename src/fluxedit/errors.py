@@ -70,3 +70,10 @@ class EditCancelled(FluxeditError):
 
     code = "cancelled"
     status = 409
+
+
+class NotFound(FluxeditError):
+    """No such request, model or file for this caller (another key's jobs are not found either)."""
+
+    code = "not_found"
+    status = 404

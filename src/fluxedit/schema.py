@@ -142,6 +142,41 @@ class EditInput(BaseModel):
         return sizes.resolve_size(size, first_reference)
 
 
+def invalid_input(errors: list[dict]) -> InvalidInput:
+    """pydantic's errors for an input -> one InvalidInput: the first problem, its field and reference index."""
+    first = errors[0] if errors else {}
+    field = _field_path(tuple(first.get("loc", ())))
+    index = None
+    if field.startswith("image_urls[") and field.endswith("]"):
+        index = int(field[len("image_urls[") : -1])
+    message = _validation_message(first, field)
+    if len(errors) > 1:
+        message += f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} in the input.)"
+    return InvalidInput(message, field=field or None, index=index)
+
+
+def _field_path(loc: tuple) -> str:
+    """('body', 'image_urls', 0) -> 'image_urls[0]'; union tags such as 'custom' are dropped."""
+    path = ""
+    for part in loc:
+        if part in ("body", "query", "path", "header", "custom", "name") or (
+            isinstance(part, str) and part.startswith(("literal[", "function-"))
+        ):
+            continue
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _validation_message(error: dict, field: str) -> str:
+    message = error.get("msg", "is not valid").removeprefix("Value error, ")
+    if error.get("type") == "missing":
+        return f"{field} is required."
+    if error.get("type") == "json_invalid":
+        return "The request body is not valid JSON."
+    return f"{field}: {message}" if field and not message.startswith(field) else message
+
+
+
 class JobState(str, Enum):
     in_queue = "in_queue"
     in_progress = "in_progress"

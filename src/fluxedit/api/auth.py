@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from fluxedit.api.deps import RuntimeDep
 from fluxedit.errors import FluxeditError
 
 ANONYMOUS_KEY_ID = "anonymous"
@@ -14,10 +15,9 @@ class Unauthorized(FluxeditError):
     status = 401
 
 
-def require_key(request: Request) -> str:
+def require_key(request: Request, runtime: RuntimeDep) -> str:
     """FastAPI dependency: the key id of the caller, or 401."""
-    services = request.app.state.services
-    if services.allow_unauthenticated:
+    if request.app.state.allow_unauthenticated:
         return ANONYMOUS_KEY_ID
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
@@ -25,7 +25,7 @@ def require_key(request: Request) -> str:
         raise Unauthorized("An API key is required: send the header 'Authorization: Bearer <key>'.")
     if scheme.lower() not in ("bearer", "key") or not secret.strip():
         raise Unauthorized("The Authorization header must be 'Bearer <key>'.")
-    key_id = services.keys.verify(secret.strip())
+    key_id = runtime.keys.verify(secret.strip())
     if key_id is None:
         raise Unauthorized("The API key is not valid or has been revoked.")
     return key_id

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fluxedit.errors import FluxeditError
+from fluxedit.schema import invalid_input
 
 log = logging.getLogger("fluxedit.api")
 
@@ -38,38 +39,9 @@ def error_response(status: int, code: str, message: str, *, headers: dict | None
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
-def _field_path(loc: tuple) -> str:
-    """('body', 'image_urls', 0) -> 'image_urls[0]'; union tags such as 'custom' are dropped."""
-    path = ""
-    for part in loc:
-        if part in ("body", "query", "path", "header", "custom", "name") or (
-            isinstance(part, str) and part.startswith(("literal[", "function-"))
-        ):
-            continue
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
-
-
-def _validation_message(error: dict, field: str) -> str:
-    message = error.get("msg", "is not valid").removeprefix("Value error, ")
-    if error.get("type") == "missing":
-        return f"{field} is required."
-    if error.get("type") == "json_invalid":
-        return "The request body is not valid JSON."
-    return f"{field}: {message}" if field and not message.startswith(field) else message
-
-
 async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
-    first = errors[0] if errors else {}
-    field = _field_path(tuple(first.get("loc", ())))
-    index = None
-    if field.startswith("image_urls[") and field.endswith("]"):
-        index = int(field[len("image_urls[") : -1])
-    message = _validation_message(first, field)
-    if len(errors) > 1:
-        message += f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} in the input.)"
-    return error_response(422, "invalid_input", message, field=field or None, index=index)
+    problem = invalid_input(exc.errors())
+    return error_response(422, problem.code, problem.message, field=problem.field, index=problem.index)
 
 
 async def _fluxedit_handler(request: Request, exc: FluxeditError) -> JSONResponse:

@@ -32,13 +32,14 @@ class EditRequest:
 
 @runtime_checkable
 class Engine(Protocol):
-    """An engine may also set `concurrency` (default 1): how many jobs may run at once.
-
-    A GPU engine runs one job at a time; one that forwards jobs to a hosted API can run many.
-    """
+    """A GPU engine runs one job at a time; one that forwards jobs to a hosted API can run many."""
 
     kind: str  # "diffusers", "bfl", ...
     max_references: int
+    concurrency: int  # how many jobs it may run at once
+    # Engines with the same key share one bound of `concurrency` jobs (e.g. the
+    # BFL models forwarded with one API key); an engine alone has a key of its own.
+    capacity_key: str
 
     @property
     def loaded(self) -> bool: ...

@@ -8,25 +8,18 @@ the references as a list of images.
 
 from __future__ import annotations
 
-import json
+import logging
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline, Flux2KleinKVPipeline, Flux2KleinPipeline, Flux2Pipeline
-from huggingface_hub import hf_hub_download, is_offline_mode
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    GatedRepoError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-)
 from PIL import Image
 
 from fluxedit.config import Settings
 from fluxedit.engines.base import EditRequest, ProgressCallback
+from fluxedit.engines.registry import FLUX2_MAX_REFERENCES
+from fluxedit.engines.weights import LOAD_ERRORS, load_failure_reason, model_unavailable, read_model_index
 from fluxedit.engines.speed import (
     SpeedOptions,
     apply_speed_options,
@@ -42,13 +35,6 @@ PIPELINE_CLASSES: dict[str, type[DiffusionPipeline]] = {
     "Flux2KleinPipeline": Flux2KleinPipeline,  # [klein] 4B / 9B and their -base models
     "Flux2KleinKVPipeline": Flux2KleinKVPipeline,  # [klein] 9B-KV
 }
-
-# What can go wrong finding or reading weights: missing files, no network,
-# offline mode, unknown or gated repos (all OSError or ValueError subclasses in
-# huggingface_hub, except EntryNotFoundError), and a component whose library
-# is missing (ImportError, e.g. [dev]'s Pixtral processor without torchvision).
-_LOAD_ERRORS = (OSError, ValueError, EntryNotFoundError, ImportError)
-
 
 @dataclass(frozen=True)
 class Flux2Options:
@@ -95,53 +81,27 @@ def resolve_placement(options: Flux2Options) -> tuple[str, torch.dtype]:
     return device, dtype
 
 
-def _unavailable(source: str, reason: str) -> ModelUnavailable:
-    return ModelUnavailable(
-        f"Model {source!r} is not available: {reason}. Download its weights first, pass a local folder "
-        "that holds them, or use `--model tiny` for a tiny offline test model."
-    )
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, GatedRepoError):
-        return "its repository is gated; accept its licence on huggingface.co and set HF_TOKEN"
-    if isinstance(exc, RepositoryNotFoundError):
-        return "there is no such repository on the Hugging Face Hub (or it is private and HF_TOKEN is not set)"
-    if isinstance(exc, HFValidationError):
-        return "it is neither a folder here nor a valid Hugging Face repo id"
-    if isinstance(exc, LocalEntryNotFoundError):
-        why = "offline mode (HF_HUB_OFFLINE) is on" if is_offline_mode() else "the Hub could not be reached"
-        return f"its weights are not in the local Hugging Face cache and {why}"
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, ImportError):
-        return f"a library it needs is missing ({detail})"
-    return f"its weights could not be loaded ({detail})"
-
-
-def read_model_index(source: str) -> dict:
-    """The model's model_index.json, from a local folder or the Hugging Face Hub (or its cache)."""
-    folder = Path(source).expanduser()
-    if folder.is_dir():
-        index = folder / "model_index.json"
-        if not index.is_file():
-            raise _unavailable(source, "the folder has no model_index.json, so it is not a diffusers model")
-    elif source.startswith(("/", ".", "~")) or "\\" in source:
-        raise _unavailable(source, "no such folder")
-    else:
-        try:
-            index = Path(hf_hub_download(source, "model_index.json"))
-        except _LOAD_ERRORS as exc:
-            raise _unavailable(source, _reason(exc)) from None
-    return json.loads(index.read_text())
-
-
 def pipeline_class_for(source: str) -> type[DiffusionPipeline]:
     class_name = read_model_index(source).get("_class_name")
     if class_name not in PIPELINE_CLASSES:
-        raise _unavailable(
+        raise model_unavailable(
             source, f"it is a {class_name or 'unknown'} model; this engine runs {', '.join(PIPELINE_CLASSES)}"
         )
     return PIPELINE_CLASSES[class_name]
+
+
+def quiet_libraries() -> None:
+    """Our own progress and errors are what a user reads: diffusers' and transformers' bars and
+    notices are noise, unless fluxedit itself logs at DEBUG (`fluxedit -v`)."""
+    if logging.getLogger("fluxedit").isEnabledFor(logging.DEBUG):
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+    logging.getLogger("torchao").setLevel(logging.ERROR)
 
 
 def _first_set(*values):
@@ -161,10 +121,13 @@ class Flux2Engine:
     """
 
     kind = "diffusers"
-    max_references = 10
+    max_references = FLUX2_MAX_REFERENCES
+    concurrency = 1  # a pipeline runs one edit at a time
 
     def __init__(self, source: str, options: Flux2Options | None = None) -> None:
         self.source = source
+        self.capacity_key = f"diffusers:{id(self)}"  # one GPU pipeline of its own
+        quiet_libraries()
         self.options = options or Flux2Options()
         self.pipe: DiffusionPipeline | None = None
         self._lock = threading.Lock()  # one load, one edit at a time: a pipeline is not thread-safe
@@ -195,8 +158,8 @@ class Flux2Engine:
         device, dtype = resolve_placement(self.options)
         try:
             pipe = pipeline_class.from_pretrained(self.source, dtype=dtype)
-        except _LOAD_ERRORS as exc:
-            raise _unavailable(self.source, _reason(exc)) from None
+        except LOAD_ERRORS as exc:
+            raise model_unavailable(self.source, load_failure_reason(exc)) from None
         if self.options.cpu_offload and device != "cpu":
             pipe.enable_model_cpu_offload(device=device)
         else:

@@ -9,6 +9,8 @@ A source is one of:
 
 from __future__ import annotations
 
+import threading
+
 from fluxedit.config import Settings
 from fluxedit.engines.base import Engine
 from fluxedit.errors import InvalidInput
@@ -20,6 +22,7 @@ STANDARD_MODEL_IDS: tuple[str, ...] = tuple(
 DEFAULT_SOURCE = "black-forest-labs/FLUX.2-klein-4B"
 TINY_SOURCE = "tiny"
 BFL_PREFIX = "bfl:"
+FLUX2_MAX_REFERENCES = 10  # what the FLUX.2 pipelines take; Flux2Engine.max_references
 
 
 def parse_model_spec(text: str) -> tuple[str, str]:
@@ -41,12 +44,36 @@ def parse_model_spec(text: str) -> tuple[str, str]:
     return model_id, source
 
 
-def make_engine(source: str, settings: Settings) -> Engine:
-    """The engine for a source; nothing is loaded yet (call engine.load())."""
+def model_pairs(specs: list[str]) -> list[tuple[str, str]]:
+    """`--model` flags -> (model id, source) pairs. None given: [klein] 4B; "tiny": the offline
+    demo, the tiny model behind every standard id."""
+    pairs: list[tuple[str, str]] = []
+    for spec in specs or [f"blackforestlabs/flux-2/klein-4b/edit={DEFAULT_SOURCE}"]:
+        if spec == TINY_SOURCE:
+            pairs += [(model_id, TINY_SOURCE) for model_id in STANDARD_MODEL_IDS]
+        else:
+            pairs.append(parse_model_spec(spec))
+    return pairs
+
+
+def describe_source(source: str) -> tuple[str, int]:
+    """(engine kind, most references) of the engine a source makes, without building it (no torch)."""
+    if source.startswith(BFL_PREFIX):
+        from fluxedit.engines.bfl import MAX_REFERENCES
+
+        return "bfl", MAX_REFERENCES
+    return "diffusers", FLUX2_MAX_REFERENCES
+
+
+def make_engine(source: str, settings: Settings, *, bfl_slots: threading.BoundedSemaphore | None = None) -> Engine:
+    """The engine for a source; nothing is loaded yet (call engine.load()).
+
+    `bfl_slots` bounds the tasks in flight at BFL; pass one to every BFL engine of one API key.
+    """
     if source.startswith(BFL_PREFIX):
         from fluxedit.engines.bfl import BflEngine  # another backend: imported only when used
 
-        return BflEngine(source.removeprefix(BFL_PREFIX), settings)
+        return BflEngine(source.removeprefix(BFL_PREFIX), settings, slots=bfl_slots)
 
     from fluxedit.engines.flux2 import Flux2Engine, Flux2Options  # torch + diffusers: imported only when used
 

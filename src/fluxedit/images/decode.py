@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageOps
 
 from fluxedit.errors import ImageInputError
 
-__all__ = ["decode_reference", "encode_image", "ACCEPTED_FORMATS"]
+__all__ = ["Reference", "decode_reference", "encode_image", "ACCEPTED_FORMATS"]
 
 # Raster formats people send as references. Restricting Pillow's plugins keeps
 # obscure parsers (and EPS, which would run Ghostscript) away from untrusted bytes.
@@ -36,18 +37,26 @@ JPEG_QUALITY = 95
 _SRGB = ImageCms.createProfile("sRGB")
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A decoded reference: the model's input image, and the size a person sees (before resize and crop)."""
+
+    image: Image.Image
+    source_size: tuple[int, int]
+
+
 def decode_reference(
     data: bytes,
     *,
     index: int | None = None,
     max_pixels: int = 64_000_000,
     target_pixels: int | None = 1024 * 1024,
-) -> Image.Image:
+) -> Reference:
     """Decode one reference image into the RGB image the model takes as input.
 
     `index` is the image's position in `image_urls`; it goes into errors. With
     `target_pixels=None` the image keeps its full size (no resize, no crop).
-    `image.info["source_size"]` is the (width, height) before resizing and cropping.
+    `source_size` is the (width, height) before resizing and cropping.
 
     Raises `ImageInputError` with code `input_not_image` (not an image, truncated,
     unsupported format), `input_too_large` (more than `max_pixels` pixels) or
@@ -82,8 +91,7 @@ def decode_reference(
         if size is not None:
             image = image.resize(size, _resample(image.size, size))
         image = _crop16(image)
-    image.info["source_size"] = source_size
-    return image
+    return Reference(image, source_size)
 
 
 def encode_image(image: Image.Image, fmt: str) -> bytes:

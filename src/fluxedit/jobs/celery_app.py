@@ -32,10 +32,8 @@ from fluxedit.engines.base import Engine
 from fluxedit.errors import InvalidInput
 from fluxedit.jobs.periodic import Periodic
 from fluxedit.jobs.store import Job, JobStore, jobs_table
+from fluxedit.jobs.worker import WorkerContext, run_job
 from fluxedit.schema import JobState
-from fluxedit.storage import open_storage, resolve_issued_url
-from fluxedit.storage.base import Storage
-from fluxedit.storage.signing import UrlSigner
 
 log = logging.getLogger("fluxedit.cluster")
 
@@ -50,22 +48,16 @@ def queue_name(model_id: str) -> str:
 
 
 @dataclass
-class WorkerContext:
-    """What the task needs in a worker process: built once, before consuming."""
+class WorkerProcess:
+    """What the task needs in a `fluxedit worker` process: built once, before consuming."""
 
-    settings: Settings
-    store: JobStore
-    storage: Storage
+    context: WorkerContext
     engines: dict[str, Engine]  # model id -> loaded engine
-    signer: UrlSigner  # to read signed /files/ URLs (uploads) straight from storage
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
-    def resolve_local(self, url: str) -> bytes | None:
-        return resolve_issued_url(url, self.storage, self.signer)
 
-
-def create_celery(settings: Settings, context: WorkerContext | None = None) -> Celery:
-    """The Celery app for `settings.broker_url`; with `context`, able to run jobs."""
+def create_celery(settings: Settings, process: WorkerProcess | None = None) -> Celery:
+    """The Celery app for `settings.broker_url`; with `process`, able to run jobs."""
     if not settings.broker_url:
         raise InvalidInput("The cluster mode needs a broker: set FLUXEDIT_BROKER_URL (e.g. redis://host:6379/0).")
     app = Celery("fluxedit", broker=settings.broker_url, set_as_current=False)
@@ -87,37 +79,27 @@ def create_celery(settings: Settings, context: WorkerContext | None = None) -> C
 
     @app.task(name=RUN_JOB_TASK)
     def run_job_task(job_id: str) -> None:
-        if context is None:
+        if process is None:
             raise RuntimeError("this process has no engines; only `fluxedit worker` runs jobs")
-        run_claimed_message(job_id, context)
+        run_claimed_message(job_id, process)
 
     return app
 
 
-def run_claimed_message(job_id: str, context: WorkerContext) -> None:
+def run_claimed_message(job_id: str, process: WorkerProcess) -> None:
     """Run job `job_id` if it is this worker's to run; a stale or foreign message is dropped."""
-    from fluxedit.jobs.worker import run_job
-
-    job = context.store.get(job_id)
+    job = process.context.store.get(job_id)
     if job is None:
         log.warning("message for unknown job %s dropped", job_id)
         return
-    engine = context.engines.get(job.model_id)
+    engine = process.engines.get(job.model_id)
     if engine is None:
         log.error("job %s is for %s, which this worker does not serve; dropped", job_id, job.model_id)
         return
     if job.state is not JobState.in_queue:
         log.info("job %s is %s; duplicate message dropped", job_id, job.state.value)
         return
-    state = run_job(
-        job_id,
-        store=context.store,
-        engine=engine,
-        storage=context.storage,
-        settings=context.settings,
-        worker_id=context.worker_id,
-        resolve_local=context.resolve_local,
-    )
+    state = run_job(job_id, engine, process.context, worker_id=process.worker_id)
     # One line per job run; operators (and the cluster tests) read these.
     log.info("job %s: %s", job_id, state.value if state else "not finished by this worker")
 
@@ -208,44 +190,23 @@ class CeleryDispatcher:
 # --------------------------------------------------------------------------- the worker process
 
 
-def load_engines(settings: Settings, model_specs: list[str]) -> dict[str, Engine]:
-    """ "ID=SOURCE" specs -> {model id: loaded engine}; ids naming one source share its engine."""
-    from fluxedit.engines.registry import make_engine, parse_model_spec
+def run_worker(settings: Settings, model_specs: list[str]) -> int:
+    """`fluxedit worker`: load the engines, then consume their queues one job at a time until stopped."""
+    from fluxedit.runtime import open_runtime
 
     if not model_specs:
         raise InvalidInput("A worker needs at least one --model ID=SOURCE.", field="model")
-    by_source: dict[str, Engine] = {}
-    engines: dict[str, Engine] = {}
-    for spec in model_specs:
-        model_id, source = parse_model_spec(spec)
-        if source not in by_source:
-            by_source[source] = make_engine(source, settings)
-            by_source[source].load()
-        engines[model_id] = by_source[source]
-    return engines
-
-
-def run_worker(settings: Settings, model_specs: list[str]) -> int:
-    """`fluxedit worker`: load the engines, then consume their queues one job at a time until stopped."""
-    from fluxedit.jobs.migrate import upgrade_database
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade_database(settings.resolved_database_url)
-    engines = load_engines(settings, model_specs)
-    signer = UrlSigner.from_settings(settings)
-    context = WorkerContext(
-        settings=settings,
-        store=JobStore(settings.resolved_database_url),
-        storage=open_storage(settings, signer),
-        engines=engines,
-        signer=signer,
-    )
-    app = create_celery(settings, context)
+    runtime = open_runtime(settings, model_specs, dispatch="none")
+    engines = runtime.engines
+    for engine in {id(e): e for e in engines.values()}.values():
+        engine.load()
+    process = WorkerProcess(runtime.worker_context(), engines)
+    app = create_celery(settings, process)
     queues = sorted({queue_name(model_id) for model_id in engines})
 
-    recovery = CeleryDispatcher(context.store, engines, settings, app)
+    recovery = CeleryDispatcher(runtime.store, engines, settings, app)
     recovery.start()
-    print(f"fluxedit worker {context.worker_id} serving {', '.join(engines)} on queues {', '.join(queues)}", flush=True)
+    print(f"fluxedit worker {process.worker_id} serving {', '.join(engines)} on queues {', '.join(queues)}", flush=True)
     worker = app.Worker(
         queues=queues,
         pool_cls="threads",  # the engine stays in this process; the main thread answers Flower and control
@@ -258,7 +219,7 @@ def run_worker(settings: Settings, model_specs: list[str]) -> int:
         worker.start()
     finally:
         recovery.stop()
-        context.store.dispose()
+        runtime.close()
     return worker.exitcode or 0
 
 

@@ -17,12 +17,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fluxedit.config import Settings
 from fluxedit.engines.base import Engine
 from fluxedit.jobs.periodic import Periodic
-from fluxedit.jobs.store import Job, JobStore
-from fluxedit.jobs.worker import ResolveLocal, execute
-from fluxedit.storage.base import Storage
+from fluxedit.jobs.store import Job
+from fluxedit.jobs.worker import WorkerContext, execute
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +42,9 @@ class Dispatcher(Protocol):
 
 
 @dataclass
-class _Group:
-    """One worker thread: its engine, the model ids that alias that engine, its worker id."""
+class WorkerSlot:
+    """One worker thread: it runs one job at a time of the model ids it serves."""
 
-    engine: Engine
     model_ids: list[str]
     worker_id: str
     wake: threading.Event = field(default_factory=threading.Event)
@@ -55,10 +52,12 @@ class _Group:
 
 
 class LocalDispatcher:
-    """Worker threads in this process: one per distinct engine, one job at a time, FIFO per model.
+    """Worker threads in this process, taking jobs oldest first.
 
-    Several model ids may alias one engine object; they share its thread (and the
-    one copy of its weights), jobs taken oldest first across those ids.
+    Engines that share a capacity (`Engine.capacity_key`: one GPU pipeline, or
+    the BFL models forwarded with one API key) share `concurrency` worker slots,
+    so several model ids aliasing one engine run on its one thread (and its one
+    copy of the weights), and BFL's per-key bound holds across its models.
 
     Jobs are claimed from the store, so jobs queued before a restart run after
     `start`. A worker sleeps until `notify` wakes it or `poll_interval_s` passes.
@@ -69,39 +68,18 @@ class LocalDispatcher:
     without using up an attempt (or lets them finish, with interrupt=False).
     """
 
-    def __init__(
-        self,
-        store: JobStore,
-        engines: dict[str, Engine],
-        storage: Storage,
-        settings: Settings,
-        *,
-        resolve_local: ResolveLocal | None = None,
-    ) -> None:
-        self.store = store
+    def __init__(self, context: WorkerContext, engines: dict[str, Engine]) -> None:
+        self.context = context
         self.engines = dict(engines)
-        self.storage = storage
-        self.settings = settings
-        self.resolve_local = resolve_local
         self._stopping = threading.Event()  # take no new jobs
         self._interrupt = threading.Event()  # stop running jobs at their next step
-        self._periodic = [Periodic("fluxedit-recover", settings.recover_interval_s, self._recover)]
+        self._periodic = [Periodic("fluxedit-recover", context.settings.recover_interval_s, self._recover)]
         self._started = False
-        base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        model_ids_of: dict[int, list[str]] = {}
-        for model_id, engine in self.engines.items():
-            model_ids_of.setdefault(id(engine), []).append(model_id)
-        # One thread per engine (a GPU runs one job at a time); an engine that only
-        # forwards jobs elsewhere (BFL) says how many it can have in flight.
-        self._groups = [
-            _Group(self.engines[ids[0]], ids, f"{base}:{n}:{slot}")
-            for n, ids in enumerate(model_ids_of.values())
-            for slot in range(max(1, getattr(self.engines[ids[0]], "concurrency", 1)))
-        ]
-        self._groups_of: dict[str, list[_Group]] = {}
-        for group in self._groups:
-            for model_id in group.model_ids:
-                self._groups_of.setdefault(model_id, []).append(group)
+        self._slots = _worker_slots(self.engines)
+        self._slots_of: dict[str, list[WorkerSlot]] = {}
+        for slot in self._slots:
+            for model_id in slot.model_ids:
+                self._slots_of.setdefault(model_id, []).append(slot)
 
     @property
     def model_ids(self) -> list[str]:
@@ -113,22 +91,22 @@ class LocalDispatcher:
         self._started = True
         for task in self._periodic:
             task.start()
-        for group in self._groups:
-            group.thread = threading.Thread(
-                target=self._work, args=(group,), name=f"fluxedit-worker-{group.model_ids[0]}", daemon=True
+        for slot in self._slots:
+            slot.thread = threading.Thread(
+                target=self._work, args=(slot,), name=f"fluxedit-worker-{slot.model_ids[0]}", daemon=True
             )
-            group.thread.start()
+            slot.thread.start()
 
     def notify(self, job: Job) -> None:
-        for group in self._groups_of.get(job.model_id, []):
-            group.wake.set()
+        for slot in self._slots_of.get(job.model_id, []):
+            slot.wake.set()
 
     def stop(self, *, interrupt: bool = True, timeout: float | None = None) -> None:
         if interrupt:
             self._interrupt.set()
         self._stopping.set()
-        for group in self._groups:
-            group.wake.set()
+        for slot in self._slots:
+            slot.wake.set()
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def remaining() -> float | None:
@@ -136,52 +114,59 @@ class LocalDispatcher:
 
         for task in self._periodic:
             task.stop(remaining())
-        for group in self._groups:
-            if group.thread is not None:
-                group.thread.join(remaining())
+        for slot in self._slots:
+            if slot.thread is not None:
+                slot.thread.join(remaining())
 
     # --- threads ---------------------------------------------------------------------
 
-    def _work(self, group: _Group) -> None:
-        self._load(group)
+    def _work(self, slot: WorkerSlot) -> None:
+        self._load(slot)
+        lease_s = self.context.settings.lease_s
         while not self._stopping.is_set():
             # Clear before claiming: a notify() from here on makes the wait below return at once.
-            group.wake.clear()
+            slot.wake.clear()
             try:
-                job = self.store.claim_next(group.model_ids, group.worker_id, self.settings.lease_s)
+                job = self.context.store.claim_next(slot.model_ids, slot.worker_id, lease_s)
                 if job is not None:
                     log.info("job %s (%s): started, attempt %d", job.id, job.model_id, job.attempts)
-                    state = execute(
-                        job,
-                        store=self.store,
-                        engine=group.engine,
-                        storage=self.storage,
-                        settings=self.settings,
-                        worker_id=group.worker_id,
-                        resolve_local=self.resolve_local,
-                        stop=self._interrupt,
-                    )
+                    engine = self.engines[job.model_id]
+                    state = execute(job, engine, self.context, worker_id=slot.worker_id, stop=self._interrupt)
                     log.info("job %s: %s", job.id, state.value if state else "returned to the queue")
                     continue
             except Exception:
                 # e.g. the database is briefly unreachable: leases cover the running job; retry later.
-                log.exception("worker for %s: error while taking or finishing a job", ", ".join(group.model_ids))
-            group.wake.wait(self.settings.poll_interval_s)
+                log.exception("worker for %s: error while taking or finishing a job", ", ".join(slot.model_ids))
+            slot.wake.wait(self.context.settings.poll_interval_s)
 
-    def _load(self, group: _Group) -> None:
+    def _load(self, slot: WorkerSlot) -> None:
         """Load weights before the first job, so that no user request pays for it.
 
         A model that cannot load is logged here; its jobs then fail with the engine's
         clear error (e.g. model_unavailable) instead of hanging in the queue.
         """
-        try:
-            group.engine.load()
-        except Exception as exc:
-            log.error("could not load the engine for %s: %s", ", ".join(group.model_ids), exc)
+        for engine in {id(self.engines[m]): self.engines[m] for m in slot.model_ids}.values():
+            try:
+                engine.load()
+            except Exception as exc:
+                log.error("could not load the engine for %s: %s", ", ".join(slot.model_ids), exc)
 
     def _recover(self) -> None:
-        changed = self.store.recover_expired(self.settings.max_attempts)
+        changed = self.context.store.recover_expired(self.context.settings.max_attempts)
         if changed:
             log.warning("recovered %d job(s) whose worker stopped responding: %s", len(changed), ", ".join(changed))
-            for group in self._groups:
-                group.wake.set()
+            for slot in self._slots:
+                slot.wake.set()
+
+
+def _worker_slots(engines: dict[str, Engine]) -> list[WorkerSlot]:
+    """`concurrency` slots per capacity, each serving every model id of the engines sharing it."""
+    model_ids_of: dict[str, list[str]] = {}
+    for model_id, engine in engines.items():
+        model_ids_of.setdefault(engine.capacity_key, []).append(model_id)
+    base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return [
+        WorkerSlot(ids, f"{base}:{n}:{slot}")
+        for n, ids in enumerate(model_ids_of.values())
+        for slot in range(max(1, engines[ids[0]].concurrency))
+    ]

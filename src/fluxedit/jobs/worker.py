@@ -1,7 +1,8 @@
 """The one worker step: run a claimed job to its end, whatever dispatched it.
 
 Local threads (`LocalDispatcher`) claim with `JobStore.claim_next` and call
-`execute`; a Celery task calls `run_job`, which claims the job by id first.
+`execute`; a Celery task calls `run_job`, which claims the job by id first. The
+edit itself is `fluxedit.pipeline.run_edit`, the same as `fluxedit edit` runs.
 
 While a job runs, a small thread renews its lease (so fetching, decoding and
 loading weights never let it expire) and the engine's progress callback records
@@ -15,65 +16,54 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pydantic import ValidationError
 
 from fluxedit.config import Settings
-from fluxedit.engines.base import EditRequest, Engine
+from fluxedit.engines.base import Engine
 from fluxedit.errors import EditCancelled, FluxeditError, InvalidInput
-from fluxedit.images.decode import decode_reference, encode_image
+from fluxedit.images.decode import encode_image
 from fluxedit.images.fetch import fetch_references
+from fluxedit.images.formats import IMAGE_TYPES
 from fluxedit.jobs.store import Job, JobStore, LeaseLost
-from fluxedit.schema import EditInput, JobState
+from fluxedit.pipeline import EditOutcome, run_edit
+from fluxedit.schema import EditInput, JobState, invalid_input
 from fluxedit.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
 ResolveLocal = Callable[[str], bytes | None]
 
-# Output format -> (file extension, content type).
-OUTPUT_TYPES = {"jpeg": ("jpg", "image/jpeg"), "png": ("png", "image/png")}
 INTERNAL_ERROR_MESSAGE = "The edit failed because of an internal error; the server log has the details."
 PROGRESS_WRITE_INTERVAL_S = 0.2  # at most this often from the progress callback (plus the last step)
 
 
-def run_job(
-    job_id: str,
-    *,
-    store: JobStore,
-    engine: Engine,
-    storage: Storage,
-    settings: Settings,
-    worker_id: str,
-    resolve_local: ResolveLocal | None = None,
-) -> JobState | None:
+@dataclass(frozen=True)
+class WorkerContext:
+    """What running a job needs besides its engine, the same for every job of a process."""
+
+    store: JobStore
+    storage: Storage
+    settings: Settings
+    resolve_local: ResolveLocal | None = None  # reads URLs this service issued straight from storage
+
+    def read_references(self, urls: list[str]) -> list[bytes]:
+        return fetch_references(urls, self.settings, resolve_local=self.resolve_local)
+
+
+def run_job(job_id: str, engine: Engine, context: WorkerContext, *, worker_id: str) -> JobState | None:
     """Claim the job by id and run it. Does nothing (returns None) when it is not in_queue
     (another worker has it, it was cancelled, or it already finished)."""
-    job = store.claim(job_id, worker_id, settings.lease_s)
+    job = context.store.claim(job_id, worker_id, context.settings.lease_s)
     if job is None:
         log.info("job %s is not in the queue any more; skipping it", job_id)
         return None
-    return execute(
-        job,
-        store=store,
-        engine=engine,
-        storage=storage,
-        settings=settings,
-        worker_id=worker_id,
-        resolve_local=resolve_local,
-    )
+    return execute(job, engine, context, worker_id=worker_id)
 
 
 def execute(
-    job: Job,
-    *,
-    store: JobStore,
-    engine: Engine,
-    storage: Storage,
-    settings: Settings,
-    worker_id: str,
-    resolve_local: ResolveLocal | None = None,
-    stop: threading.Event | None = None,
+    job: Job, engine: Engine, context: WorkerContext, *, worker_id: str, stop: threading.Event | None = None
 ) -> JobState | None:
     """Run a job this worker has claimed and record how it ended.
 
@@ -81,90 +71,84 @@ def execute(
     it went back to the queue because `stop` was set (shutdown; no attempt used),
     or this worker lost its lease (the job belongs to someone else now).
     """
-    lease = _Lease(store, job.id, worker_id, settings.lease_s, stop)
+    lease = _Lease(context.store, job.id, worker_id, context.settings.lease_s, stop)
     with lease:
         try:
-            return _run(job, lease, store, engine, storage, settings, worker_id, resolve_local)
-        except EditCancelled:
-            return _stopped(job, lease, store, worker_id)
-        except FluxeditError as exc:
-            return _failed(job, lease, store, worker_id, exc.code, exc.message, exc.index)
-        except Exception:
-            log.exception("job %s (model %s) failed with an unexpected error", job.id, job.model_id)
-            return _failed(job, lease, store, worker_id, "internal_error", INTERNAL_ERROR_MESSAGE, None)
+            finished = _run(job, engine, context, lease)
+        except Exception as exc:
+            lease.end()
+            return _ended_early(job, lease, context.store, worker_id, exc)
+        # No heartbeat may race the final write: it would find the job finished and warn of a lost lease.
+        lease.end()
+        return None if finished is None else _completed(job, finished, context, worker_id)
 
 
-def _run(
-    job: Job,
-    lease: _Lease,
-    store: JobStore,
-    engine: Engine,
-    storage: Storage,
-    settings: Settings,
-    worker_id: str,
-    resolve_local: ResolveLocal | None,
-) -> JobState | None:
-    started = time.monotonic()
+def _ended_early(job: Job, lease: _Lease, store: JobStore, worker_id: str, exc: Exception) -> JobState | None:
+    if isinstance(exc, EditCancelled):
+        return _stopped(job, lease, store, worker_id)
+    if isinstance(exc, FluxeditError):
+        return _failed(job, lease, store, worker_id, exc.code, exc.message, exc.index)
+    log.error("job %s (model %s) failed with an unexpected error", job.id, job.model_id, exc_info=exc)
+    return _failed(job, lease, store, worker_id, "internal_error", INTERNAL_ERROR_MESSAGE, None)
+
+
+def _validated(job: Job) -> EditInput:
     try:
-        params = EditInput.model_validate(job.input)
+        return EditInput.model_validate(job.input)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "input"
-        raise InvalidInput(f"The request's input is not valid: {where}: {first['msg']}.", field=where) from None
-    if len(params.image_urls) > engine.max_references:
-        raise InvalidInput(
-            f"{job.model_id} accepts at most {engine.max_references} reference images; "
-            f"{len(params.image_urls)} were given.",
-            field="image_urls",
-        )
+        problem = invalid_input(exc.errors())
+        raise InvalidInput(f"The request's input is not valid: {problem.message}", field=problem.field) from None
 
-    datas = fetch_references(params.image_urls, settings, resolve_local=resolve_local)
-    lease.check()
-    references = [decode_reference(data, index=i, max_pixels=settings.max_image_pixels) for i, data in enumerate(datas)]
-    del datas
-    # "auto" follows the first reference as people see it, not its 16-px crop.
-    width, height = params.output_size(references[0].info.get("source_size", references[0].size))
-    lease.check()
-    engine.load()  # idempotent; may take long the first time, the lease thread covers it
-    lease.check()
 
-    request = EditRequest(
-        prompt=params.prompt,
-        images=references,
-        width=width,
-        height=height,
-        seed=params.seed,
-        steps=params.num_inference_steps or settings.default_steps,
-        guidance=params.guidance_scale if params.guidance_scale is not None else settings.guidance_scale,
-        output_format=params.output_format,
-        extra={"safety_tolerance": params.safety_tolerance} if params.safety_tolerance is not None else {},
+@dataclass(frozen=True)
+class _Finished:
+    params: EditInput
+    outcome: EditOutcome
+    keys: list[str]
+    started: float
+
+
+def _run(job: Job, engine: Engine, context: WorkerContext, lease: _Lease) -> _Finished | None:
+    started = time.monotonic()
+    params = _validated(job)
+    outcome = run_edit(
+        params,
+        engine,
+        context.read_references,
+        settings=context.settings,
+        progress=lease.progress,
+        checkpoint=lease.check,
     )
-    inference_start = time.monotonic()
-    images = engine.edit(request, lease.progress)
-    inference_s = time.monotonic() - inference_start
     if lease.lost:
         return None
+    return _Finished(params, outcome, _store_outputs(job.id, params.output_format, outcome, context.storage), started)
 
-    ext, content_type = OUTPUT_TYPES[params.output_format]
+
+def _store_outputs(job_id: str, output_format: str, outcome: EditOutcome, storage: Storage) -> list[str]:
+    image_type = IMAGE_TYPES[output_format]
     keys = []
-    for n, image in enumerate(images):
-        key = f"outputs/{job.id}/{n}.{ext}"
-        storage.put(key, encode_image(image, params.output_format), content_type)
+    for n, image in enumerate(outcome.images):
+        key = f"outputs/{job_id}/{n}.{image_type.extension}"
+        storage.put(key, encode_image(image, output_format), image_type.content_type)
         keys.append(key)
+    return keys
 
+
+def _completed(job: Job, finished: _Finished, context: WorkerContext, worker_id: str) -> JobState | None:
+    outcome = finished.outcome
     queue_s = (job.started_at - job.created_at).total_seconds() if job.started_at else None
-    run_s = time.monotonic() - started
+    run_s = time.monotonic() - finished.started
     timings = {
         "queue_s": round(queue_s, 3) if queue_s is not None else None,
-        "inference_s": round(inference_s, 3),
+        "inference_s": round(outcome.inference_s, 3),
         "total_s": round((queue_s or 0.0) + run_s, 3),
     }
-    out_w, out_h = images[0].size if images else (width, height)
-    if store.complete(job.id, worker_id, keys, params.seed, out_w, out_h, timings):
+    out_w, out_h = outcome.images[0].size if outcome.images else (outcome.width, outcome.height)
+    if context.store.complete(job.id, worker_id, finished.keys, finished.params.seed, out_w, out_h, timings):
         return JobState.completed
     log.warning("job %s was finished by someone else while this worker ran it; dropping its outputs", job.id)
-    for key in keys:
-        _delete_quietly(storage, key)
+    for key in finished.keys:
+        _delete_quietly(context.storage, key)
     return None
 
 
@@ -219,8 +203,13 @@ class _Lease:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.end()
+
+    def end(self) -> None:
+        """Stop renewing (idempotent): called before the job's final write, which ends the lease."""
         self._done.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     @property
     def stopping(self) -> bool:
