@@ -14,17 +14,11 @@ import pytest
 import sqlalchemy as sa
 
 from fluxedit.errors import InvalidInput
-from fluxedit.jobs.store import (
-    IdempotencyConflict,
-    JobConflict,
-    JobNotFound,
-    JobStore,
-    KeyStore,
-    LeaseLost,
-    QueueFull,
-    api_keys_table,
-)
-from fluxedit.schema import JobState
+from fluxedit.jobs.db import api_keys_table
+from fluxedit.jobs.errors import IdempotencyConflict, JobConflict, JobNotFound, LeaseLost, QueueFull
+from fluxedit.jobs.keys import KeyStore
+from fluxedit.jobs.state import JobState
+from fluxedit.jobs.store import JobStore
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 MODEL = "blackforestlabs/flux-2/klein-4b/edit"

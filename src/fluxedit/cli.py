@@ -130,8 +130,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    from fluxedit.jobs.keys import KeyStore
     from fluxedit.jobs.migrate import upgrade_database
-    from fluxedit.jobs.store import KeyStore
 
     settings = _settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,10 @@ from fluxedit.api.routes import router
 from fluxedit.config import Settings
 from fluxedit.engines.base import Engine
 from fluxedit.jobs.dispatch import Dispatcher
+from fluxedit.jobs.keys import KeyStore
 from fluxedit.jobs.migrate import upgrade_database
 from fluxedit.jobs.periodic import Periodic
-from fluxedit.jobs.store import JobStore, KeyStore
+from fluxedit.jobs.store import JobStore
 from fluxedit.storage import open_storage
 from fluxedit.storage.base import Storage
 from fluxedit.storage.signing import UrlSigner

@@ -23,8 +23,10 @@ from fluxedit.engines.base import EditRequest, Engine
 from fluxedit.errors import EditCancelled, FluxeditError, InvalidInput
 from fluxedit.images.decode import decode_reference, encode_image
 from fluxedit.images.fetch import fetch_references
-from fluxedit.jobs.store import Job, JobStore, LeaseLost
-from fluxedit.schema import EditInput, JobState
+from fluxedit.jobs.errors import LeaseLost
+from fluxedit.jobs.state import JobState
+from fluxedit.jobs.store import Job, JobStore
+from fluxedit.schema import EditInput
 from fluxedit.storage.base import Storage
 
 log = logging.getLogger(__name__)
