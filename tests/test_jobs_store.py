@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -188,6 +189,32 @@ def test_list_pages_newest_first(job_store: JobStore) -> None:
     with pytest.raises(InvalidInput) as info:
         job_store.list_jobs("key-a", limit=2, cursor="not-a-cursor")
     assert info.value.field == "cursor"
+
+
+def _b64(text: bytes) -> str:
+    return base64.urlsafe_b64encode(text).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        _b64(b"s-5"),  # a negative seq
+        _b64(b"s 12"),  # int() forgives whitespace, the encoder never writes it
+        _b64(b"s12 \n"),
+        _b64(b"s1_0"),  # int() forgives digit separators too
+        _b64(b"s012"),  # a leading zero
+        _b64(b"s99999999999999999999"),  # beyond any BIGINT seq
+        _b64(b"s3") + "=",  # padding, which the encoder strips
+        "czF",  # "s1" with stray low bits ("czE" is canonical)
+    ],
+)
+def test_list_refuses_a_cursor_this_server_did_not_make(job_store: JobStore, cursor: str) -> None:
+    ids = [submit(job_store, prompt=f"p{i}") for i in range(3)]
+    _, issued = job_store.list_jobs("key-a", limit=1)
+    assert issued is not None and job_store.list_jobs("key-a", limit=5, cursor=issued)[0][0].id == ids[1]
+    with pytest.raises(InvalidInput) as info:
+        job_store.list_jobs("key-a", limit=5, cursor=cursor)
+    assert info.value.field == "cursor" and "cursor" in info.value.message
 
 
 CLAIMER = """

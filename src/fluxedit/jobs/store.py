@@ -16,8 +16,8 @@ longer than any expected skew.
 from __future__ import annotations
 
 import base64
-import binascii
 import math
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,14 +72,24 @@ def _encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
 
 
+# What `_encode_cursor` wraps: "s" and a seq, a non-negative BIGINT written without sign or leading zeros.
+_CURSOR_TEXT = re.compile(r"s(0|[1-9][0-9]{0,18})")
+_MAX_SEQ = 2**63 - 1
+
+
 def _decode_cursor(cursor: str) -> int:
+    """The seq in a cursor `_encode_cursor` made; InvalidInput (field "cursor") for anything else."""
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("s"):
-            raise ValueError(text)
-        return int(text[1:])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput("cursor is not one this server issued; pass next_cursor as given.", field="cursor") from None
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        text = ""
+    match = _CURSOR_TEXT.fullmatch(text)
+    seq = int(match.group(1)) if match else -1
+    # The round trip rejects what the lenient base64 decoder lets through: padding,
+    # characters outside the alphabet, stray trailing bits.
+    if not 0 <= seq <= _MAX_SEQ or _encode_cursor(seq) != cursor:
+        raise InvalidInput("cursor is not one this server issued; pass next_cursor as given.", field="cursor")
+    return seq
 
 
 _J = jobs_table.c
