@@ -51,7 +51,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'data' / 'fluxedit.db'}"
         return
-    from fluxedit.jobs.store import metadata, open_database
+    from fluxedit.jobs.db import metadata, open_database
 
     url = request.getfixturevalue("postgres_url")
     engine = open_database(url)

@@ -23,8 +23,9 @@ from _fixtures_cluster import Process, S3Server
 from _fixtures_server import LiveServer, fluxedit_env
 from fluxedit.config import Settings
 from fluxedit.jobs.celery_app import queue_name, resend_queued
+from fluxedit.jobs.db import metadata, open_database
 from fluxedit.jobs.migrate import current_revision, upgrade_database
-from fluxedit.jobs.store import JobStore, metadata, open_database
+from fluxedit.jobs.store import JobStore
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 

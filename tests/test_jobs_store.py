@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -13,18 +14,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from fluxedit.errors import InvalidInput
-from fluxedit.jobs.store import (
-    IdempotencyConflict,
-    JobConflict,
-    JobNotFound,
-    JobStore,
-    KeyStore,
-    LeaseLost,
-    QueueFull,
-    api_keys_table,
-)
-from fluxedit.schema import JobState
+from fluxedit.errors import InvalidInput, NotFound
+from fluxedit.jobs.db import api_keys_table
+from fluxedit.jobs.errors import IdempotencyConflict, JobConflict, LeaseLost, QueueFull
+from fluxedit.jobs.keys import KeyStore
+from fluxedit.jobs.state import JobState
+from fluxedit.jobs.store import JobStore
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 MODEL = "blackforestlabs/flux-2/klein-4b/edit"
@@ -119,7 +114,7 @@ def test_cancel_finished_job_conflicts_with_its_state(job_store: JobStore) -> No
 
 def test_cancel_other_keys_job_is_not_found(job_store: JobStore) -> None:
     job_id = submit(job_store, key="key-a")
-    with pytest.raises(JobNotFound):
+    with pytest.raises(NotFound):
         job_store.cancel(job_id, "key-b")
     assert job_store.get(job_id).state is JobState.in_queue
 
@@ -194,6 +189,32 @@ def test_list_pages_newest_first(job_store: JobStore) -> None:
     with pytest.raises(InvalidInput) as info:
         job_store.list_jobs("key-a", limit=2, cursor="not-a-cursor")
     assert info.value.field == "cursor"
+
+
+def _b64(text: bytes) -> str:
+    return base64.urlsafe_b64encode(text).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        _b64(b"s-5"),  # a negative seq
+        _b64(b"s 12"),  # int() forgives whitespace, the encoder never writes it
+        _b64(b"s12 \n"),
+        _b64(b"s1_0"),  # int() forgives digit separators too
+        _b64(b"s012"),  # a leading zero
+        _b64(b"s99999999999999999999"),  # beyond any BIGINT seq
+        _b64(b"s3") + "=",  # padding, which the encoder strips
+        "czF",  # "s1" with stray low bits ("czE" is canonical)
+    ],
+)
+def test_list_refuses_a_cursor_this_server_did_not_make(job_store: JobStore, cursor: str) -> None:
+    ids = [submit(job_store, prompt=f"p{i}") for i in range(3)]
+    _, issued = job_store.list_jobs("key-a", limit=1)
+    assert issued is not None and job_store.list_jobs("key-a", limit=5, cursor=issued)[0][0].id == ids[1]
+    with pytest.raises(InvalidInput) as info:
+        job_store.list_jobs("key-a", limit=5, cursor=cursor)
+    assert info.value.field == "cursor" and "cursor" in info.value.message
 
 
 CLAIMER = """

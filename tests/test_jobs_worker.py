@@ -17,9 +17,9 @@ from PIL import ExifTags, Image
 from fluxedit.config import Settings
 from fluxedit.jobs.dispatch import LocalDispatcher
 from fluxedit.jobs.periodic import Periodic
+from fluxedit.jobs.state import JobState
 from fluxedit.jobs.store import Job, JobStore
 from fluxedit.jobs.worker import INTERNAL_ERROR_MESSAGE, WorkerContext, run_job
-from fluxedit.schema import JobState
 from fluxedit.sizes import auto_size
 from fluxedit.storage import LocalStorage, UrlSigner, resolve_issued_url
 

@@ -28,7 +28,9 @@ def test_bfl_models_of_one_key_share_one_bound_of_tasks_in_flight(tmp_path, fake
         with server.client() as http:
             ids = [http.post(f"/v1/models/{model}", json=body).json()["request_id"] for model in (PRO, FLEX, MAX) * 3]
         for request_id in ids:
-            assert server.wait_for(request_id, {"completed", "failed", "cancelled"}, timeout=120)["status"] == "completed"
+            assert (
+                server.wait_for(request_id, {"completed", "failed", "cancelled"}, timeout=120)["status"] == "completed"
+            )
     finally:
         server.stop()
     assert len(fake_bfl.accepted) == 9

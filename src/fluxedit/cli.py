@@ -69,7 +69,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         key_id, secret = runtime.keys.create("default")
         print(f"Created the first API key (shown once, keep it): {secret}", flush=True)
     print(f"fluxedit serving {', '.join(runtime.models)} on http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(create_app(runtime, allow_unauthenticated=no_auth), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        create_app(runtime, allow_unauthenticated=no_auth), host=args.host, port=args.port, log_level=args.log_level
+    )
     return 0
 
 

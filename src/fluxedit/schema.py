@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import Enum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from fluxedit import sizes
 from fluxedit.errors import InvalidInput
+from fluxedit.jobs.state import JobState  # the wire models report it; it is defined with the jobs
 
 MAX_REFERENCES = 10
 MAX_PROMPT_CHARS = 10_000
@@ -174,19 +174,6 @@ def _validation_message(error: dict, field: str) -> str:
     if error.get("type") == "json_invalid":
         return "The request body is not valid JSON."
     return f"{field}: {message}" if field and not message.startswith(field) else message
-
-
-
-class JobState(str, Enum):
-    in_queue = "in_queue"
-    in_progress = "in_progress"
-    completed = "completed"
-    failed = "failed"
-    cancelled = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobState.completed, JobState.failed, JobState.cancelled)
 
 
 class SubmitResponse(BaseModel):

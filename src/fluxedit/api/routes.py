@@ -17,6 +17,7 @@ from fluxedit.api.deps import RuntimeDep
 from fluxedit.errors import FluxeditError, InvalidInput, NotFound
 from fluxedit.images.formats import IMAGE_TYPES
 from fluxedit.jobs.store import Job
+from fluxedit.runtime import Runtime
 from fluxedit.schema import (
     EditInput,
     EditOutput,
@@ -33,7 +34,6 @@ from fluxedit.schema import (
     SubmitResponse,
     Timings,
 )
-from fluxedit.runtime import Runtime
 from fluxedit.storage import guess_content_type
 
 router = APIRouter()
@@ -180,7 +180,7 @@ def result(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId
 @router.post("/v1/requests/{request_id}/cancel", response_model=StatusResponse, tags=["requests"], responses=ERRORS)
 def cancel(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId) -> StatusResponse:
     """Queued: cancelled at once. Running: stops at its next denoising step. Finished: 409."""
-    job = runtime.store.cancel(request_id, key_id)  # 404 (JobNotFound) when not this key's
+    job = runtime.store.cancel(request_id, key_id)  # 404 (NotFound) when not this key's
     return StatusResponse(**_status_fields(request, runtime, job))
 
 

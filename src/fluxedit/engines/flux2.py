@@ -19,7 +19,6 @@ from PIL import Image
 from fluxedit.config import Settings
 from fluxedit.engines.base import EditRequest, ProgressCallback
 from fluxedit.engines.registry import FLUX2_MAX_REFERENCES
-from fluxedit.engines.weights import LOAD_ERRORS, load_failure_reason, model_unavailable, read_model_index
 from fluxedit.engines.speed import (
     SpeedOptions,
     apply_speed_options,
@@ -27,7 +26,8 @@ from fluxedit.engines.speed import (
     pipeline_device,
     warm_up,
 )
-from fluxedit.errors import EditCancelled, InvalidInput, ModelUnavailable
+from fluxedit.engines.weights import LOAD_ERRORS, load_failure_reason, model_unavailable, read_model_index
+from fluxedit.errors import EditCancelled, InvalidInput
 
 # model_index.json `_class_name` -> the pipeline that runs it.
 PIPELINE_CLASSES: dict[str, type[DiffusionPipeline]] = {
@@ -35,6 +35,7 @@ PIPELINE_CLASSES: dict[str, type[DiffusionPipeline]] = {
     "Flux2KleinPipeline": Flux2KleinPipeline,  # [klein] 4B / 9B and their -base models
     "Flux2KleinKVPipeline": Flux2KleinKVPipeline,  # [klein] 9B-KV
 }
+
 
 @dataclass(frozen=True)
 class Flux2Options:

@@ -24,16 +24,15 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import sqlalchemy as sa
 from celery import Celery
 
 from fluxedit.config import Settings
 from fluxedit.engines.base import Engine
 from fluxedit.errors import InvalidInput
 from fluxedit.jobs.periodic import Periodic
-from fluxedit.jobs.store import Job, JobStore, jobs_table
+from fluxedit.jobs.state import JobState
+from fluxedit.jobs.store import Job, JobStore
 from fluxedit.jobs.worker import WorkerContext, run_job
-from fluxedit.schema import JobState
 
 log = logging.getLogger("fluxedit.cluster")
 
@@ -129,15 +128,10 @@ def resend_queued(settings: Settings, app: Celery | None = None) -> int:
     store = JobStore(settings.resolved_database_url)
     app = app or create_celery(settings)
     try:
-        with store.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(jobs_table.c.id, jobs_table.c.model_id)
-                .where(jobs_table.c.state == JobState.in_queue.value)
-                .order_by(jobs_table.c.seq)
-            ).all()
-        for row in rows:
-            app.send_task(RUN_JOB_TASK, args=[row.id], queue=queue_name(row.model_id))
-        return len(rows)
+        queued = store.queued_jobs()
+        for job_id, model_id in queued:
+            app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue_name(model_id))
+        return len(queued)
     finally:
         store.dispose()
 

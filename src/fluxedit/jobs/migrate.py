@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from fluxedit.jobs.store import JobStore, lock_schema, open_database
+from fluxedit.jobs.db import Database, lock_schema, open_database
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 BASELINE_REVISION = "0001"  # the schema create_all made before migrations existed
@@ -46,7 +46,7 @@ def upgrade_database(database: str | Engine) -> None:
     """Create or migrate the jobs and api_keys tables to the current schema."""
     with _engine(database) as engine:
         if engine.dialect.name == "sqlite":
-            JobStore(engine).create_schema()  # one file, one machine: no migration history kept
+            Database(engine).create_schema()  # one file, one machine: no migration history kept
             return
         from alembic import command
 

@@ -1,4 +1,4 @@
-"""The job state of record and the API keys, on SQLAlchemy Core (SQLite or PostgreSQL).
+"""The job state of record, on SQLAlchemy Core (SQLite or PostgreSQL).
 
 Every state change is one conditional UPDATE (``... WHERE id = ? AND state = ?``)
 whose row count says whether it happened, so several threads or processes can
@@ -16,226 +16,20 @@ longer than any expected skew.
 from __future__ import annotations
 
 import base64
-import binascii
-import hashlib
-import hmac
 import math
-import secrets
+import re
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, make_url
 
-from fluxedit.errors import FluxeditError, InvalidInput
-from fluxedit.schema import JobState
-
-# --- errors ------------------------------------------------------------------------
-
-
-class QueueFull(FluxeditError):
-    """The model's queue is at its limit; the caller should retry later."""
-
-    code = "queue_full"
-    status = 429
-
-    def __init__(self, message: str, *, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class JobNotFound(FluxeditError):
-    code = "not_found"
-    status = 404
-
-
-class JobConflict(FluxeditError):
-    """The job is in a state that does not allow the operation (e.g. cancel after it finished)."""
-
-    code = "already_finished"
-    status = 409
-
-    def __init__(self, message: str, *, state: JobState, code: str | None = None) -> None:
-        super().__init__(message, code=code)
-        self.state = state
-
-
-class IdempotencyConflict(FluxeditError):
-    """An idempotency key was reused for a different request."""
-
-    code = "idempotency_key_reused"
-    status = 409
-
-
-class LeaseLost(FluxeditError):
-    """This worker no longer owns the job (its lease expired and the job was recovered).
-
-    The worker must stop and write nothing more for the job.
-    """
-
-    code = "lease_lost"
-    status = 409
-
-
-# --- schema ---------------------------------------------------------------------------
-
-
-class UTCDateTime(sa.TypeDecorator):
-    """Aware UTC datetimes in, aware UTC datetimes out, on every backend.
-
-    SQLite stores no offset, so values are stored as naive UTC there.
-    """
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the job store; use an aware UTC datetime")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-metadata = sa.MetaData()
-
-# `seq` is the primary key because it is the one portable auto-increment (an
-# INTEGER PRIMARY KEY on SQLite, an identity column on PostgreSQL): it gives the
-# FIFO order. `id` (uuid4 hex) is what clients see; it is unique and indexed.
-jobs_table = sa.Table(
-    "jobs",
-    metadata,
-    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
-    sa.Column("id", sa.String(32), nullable=False, unique=True),
-    sa.Column("key_id", sa.String(64), nullable=False),
-    sa.Column("model_id", sa.String(200), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("input", sa.JSON, nullable=False),
-    sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("started_at", UTCDateTime),
-    sa.Column("finished_at", UTCDateTime),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("step", sa.Integer),
-    sa.Column("total_steps", sa.Integer),
-    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
-    sa.Column("worker_id", sa.String(200)),
-    sa.Column("lease_expires_at", UTCDateTime),
-    sa.Column("error_code", sa.String(64)),
-    sa.Column("error_message", sa.Text),
-    sa.Column("error_index", sa.Integer),
-    sa.Column("outputs", sa.JSON),
-    sa.Column("seed", sa.BigInteger),
-    sa.Column("width", sa.Integer),
-    sa.Column("height", sa.Integer),
-    sa.Column("timings", sa.JSON),
-    sa.Column("idempotency_key", sa.String(255)),
-    # NULLs are distinct in a unique constraint on both backends: jobs without a key never clash.
-    sa.UniqueConstraint("key_id", "idempotency_key", name="uq_jobs_key_idempotency"),
-    sa.Index("ix_jobs_queue", "state", "model_id", "seq"),
-    sa.Index("ix_jobs_key_seq", "key_id", "seq"),
-    sqlite_autoincrement=True,  # never reuse a seq, even after deletes
-)
-
-api_keys_table = sa.Table(
-    "api_keys",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("prefix", sa.String(16), nullable=False, index=True),
-    sa.Column("secret_sha256", sa.String(64), nullable=False, unique=True),
-    sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("revoked_at", UTCDateTime),
-)
-
-
-def open_database(database_url: str) -> Engine:
-    """A SQLAlchemy engine for `database_url`, set up for several threads and processes.
-
-    SQLite: the file's folder is created, WAL journal, a busy timeout, and write
-    transactions start with BEGIN IMMEDIATE (see `_write`) so that concurrent
-    writers wait for each other instead of failing on a lock upgrade.
-    """
-    url = make_url(database_url)
-    if url.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
-    if url.database and url.database != ":memory:":
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 30})
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event, not the sqlite3 module, start transactions.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("fluxedit_write") else "BEGIN")
-
-    return engine
-
-
-_SCHEMA_LOCK_ID = 0x666C7578  # "flux"
-
-
-def lock_schema(conn: Connection) -> None:
-    """PostgreSQL: wait for the lock that serialises schema changes across processes, held until commit.
-
-    Taken by `create_schema` and `fluxedit.jobs.migrate.upgrade_database`, so that
-    several processes starting at once against a new database take turns.
-    """
-    if conn.dialect.name == "postgresql":
-        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_ID)))
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-class _Database:
-    """Shared plumbing: an engine, read and write transactions."""
-
-    def __init__(self, database: str | Engine) -> None:
-        self.engine: Engine = open_database(database) if isinstance(database, str) else database
-
-    def create_schema(self) -> None:
-        """Create the tables that are missing (both jobs and api_keys)."""
-        with self._write() as conn:
-            lock_schema(conn)
-            metadata.create_all(conn)
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            yield conn
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            conn.execution_options(fluxedit_write=True)
-            with conn.begin():
-                yield conn
-
-    def dispose(self) -> None:
-        self.engine.dispose()
-
-
-# --- jobs --------------------------------------------------------------------------
+from fluxedit.errors import InvalidInput, NotFound
+from fluxedit.jobs.db import Database, jobs_table, utc_now
+from fluxedit.jobs.errors import IdempotencyConflict, JobConflict, LeaseLost, QueueFull
+from fluxedit.jobs.state import JobState
 
 
 @dataclass(frozen=True)
@@ -278,21 +72,31 @@ def _encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
 
 
+# What `_encode_cursor` wraps: "s" and a seq, a non-negative BIGINT written without sign or leading zeros.
+_CURSOR_TEXT = re.compile(r"s(0|[1-9][0-9]{0,18})")
+_MAX_SEQ = 2**63 - 1
+
+
 def _decode_cursor(cursor: str) -> int:
+    """The seq in a cursor `_encode_cursor` made; InvalidInput (field "cursor") for anything else."""
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("s"):
-            raise ValueError(text)
-        return int(text[1:])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput("cursor is not one this server issued; pass next_cursor as given.", field="cursor") from None
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        text = ""
+    match = _CURSOR_TEXT.fullmatch(text)
+    seq = int(match.group(1)) if match else -1
+    # The round trip rejects what the lenient base64 decoder lets through: padding,
+    # characters outside the alphabet, stray trailing bits.
+    if not 0 <= seq <= _MAX_SEQ or _encode_cursor(seq) != cursor:
+        raise InvalidInput("cursor is not one this server issued; pass next_cursor as given.", field="cursor")
+    return seq
 
 
 _J = jobs_table.c
 _CLAIM_RETRIES = 20
 
 
-class JobStore(_Database):
+class JobStore(Database):
     """Jobs in SQL: submit, claim, heartbeat, finish, cancel, recover.
 
     Methods that take `worker_id` only act on a job that is `in_progress` and
@@ -335,7 +139,7 @@ class JobStore(_Database):
             model_id=model_id,
             state=JobState.in_queue.value,
             input=input,
-            created_at=_now(),
+            created_at=utc_now(),
             attempts=0,
             cancel_requested=False,
             idempotency_key=idempotency_key,
@@ -414,11 +218,17 @@ class JobStore(_Database):
         with self._read() as conn:
             return int(conn.execute(query).scalar_one())
 
+    def queued_jobs(self) -> list[tuple[str, str]]:
+        """(id, model_id) of every in_queue job, oldest first."""
+        query = sa.select(_J.id, _J.model_id).where(_J.state == JobState.in_queue.value).order_by(_J.seq)
+        with self._read() as conn:
+            return [(row.id, row.model_id) for row in conn.execute(query)]
+
     # --- workers ----------------------------------------------------------------------
 
     def _claim(self, which: sa.ColumnElement[bool], worker_id: str, lease_s: float) -> Job | None:
         """Move the job `which` selects to in_progress for this worker, if it is still in_queue."""
-        now = _now()
+        now = utc_now()
         with self._write() as conn:
             row = conn.execute(
                 sa.update(jobs_table)
@@ -479,7 +289,7 @@ class JobStore(_Database):
         Raises LeaseLost when this worker no longer owns the job: it must stop and
         write nothing more for it.
         """
-        values: dict[str, Any] = {"lease_expires_at": _now() + timedelta(seconds=lease_s)}
+        values: dict[str, Any] = {"lease_expires_at": utc_now() + timedelta(seconds=lease_s)}
         if step is not None:
             values["step"] = step
         if total is not None:
@@ -500,7 +310,7 @@ class JobStore(_Database):
             result = conn.execute(
                 sa.update(jobs_table)
                 .where(self._owned(job_id, worker_id))
-                .values(state=state.value, finished_at=_now(), lease_expires_at=None, **values)
+                .values(state=state.value, finished_at=utc_now(), lease_expires_at=None, **values)
             )
         return result.rowcount == 1
 
@@ -545,7 +355,7 @@ class JobStore(_Database):
             cancelled = conn.execute(
                 sa.update(jobs_table)
                 .where(self._owned(job_id, worker_id), _J.cancel_requested.is_(True))
-                .values(state=JobState.cancelled.value, finished_at=_now(), lease_expires_at=None)
+                .values(state=JobState.cancelled.value, finished_at=utc_now(), lease_expires_at=None)
             ).rowcount
             requeued = conn.execute(
                 sa.update(jobs_table)
@@ -567,7 +377,7 @@ class JobStore(_Database):
     def cancel(self, job_id: str, key_id: str) -> Job:
         """Cancel a job of this key: a queued one at once, a running one at its worker's next step.
 
-        Returns the job after the change. Raises JobNotFound when this key has no
+        Returns the job after the change. Raises NotFound when this key has no
         such job and JobConflict (code "already_finished", with `.state`) when it
         has already finished.
         """
@@ -577,7 +387,7 @@ class JobStore(_Database):
                 row = conn.execute(
                     sa.update(jobs_table)
                     .where(mine, _J.state == JobState.in_queue.value)
-                    .values(state=JobState.cancelled.value, finished_at=_now())
+                    .values(state=JobState.cancelled.value, finished_at=utc_now())
                     .returning(*jobs_table.c)
                 ).one_or_none()
                 if row is None:
@@ -591,7 +401,7 @@ class JobStore(_Database):
                 return Job.from_row(row)
             job = self.get(job_id, key_id)
             if job is None:
-                raise JobNotFound(f"No request {job_id} was found for this API key.")
+                raise NotFound(f"No request {job_id} was found for this API key.")
             if job.state.finished:
                 raise JobConflict(
                     f"Request {job_id} has already finished ({job.state.value}); there is nothing to cancel.",
@@ -609,7 +419,7 @@ class JobStore(_Database):
         "worker_lost"; a job whose cancel was requested becomes cancelled.
         Returns the ids of the jobs changed. Call at startup and every few seconds.
         """
-        now = now or _now()
+        now = now or utc_now()
         expired = sa.and_(
             _J.state == JobState.in_progress.value, _J.lease_expires_at.is_not(None), _J.lease_expires_at < now
         )
@@ -647,89 +457,3 @@ class JobStore(_Database):
                 ).all()
                 changed.extend(r.id for r in rows)
         return changed
-
-
-# --- API keys ----------------------------------------------------------------------
-
-SECRET_PREFIX = "fe_"
-_DISPLAY_PREFIX_CHARS = len(SECRET_PREFIX) + 8
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    id: str
-    name: str
-    prefix: str  # the secret's first characters, to recognise it; not enough to use it
-    created_at: datetime
-    revoked_at: datetime | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None
-
-
-def _sha256(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-_K = api_keys_table.c
-
-
-class KeyStore(_Database):
-    """API keys: only the SHA-256 of each secret is stored; the secret is shown once, at creation."""
-
-    def create(self, name: str) -> tuple[str, str]:
-        """A new key: (key_id, secret). The secret cannot be recovered later."""
-        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-        key_id = uuid.uuid4().hex
-        with self._write() as conn:
-            conn.execute(
-                sa.insert(api_keys_table).values(
-                    id=key_id,
-                    name=name,
-                    prefix=secret[:_DISPLAY_PREFIX_CHARS],
-                    secret_sha256=_sha256(secret),
-                    created_at=_now(),
-                )
-            )
-        return key_id, secret
-
-    def verify(self, secret: str) -> str | None:
-        """The key id for an active key's secret, else None."""
-        if not secret or len(secret) > 512:
-            return None
-        digest = _sha256(secret)
-        with self._read() as conn:
-            row = conn.execute(
-                sa.select(_K.id, _K.secret_sha256).where(_K.secret_sha256 == digest, _K.revoked_at.is_(None))
-            ).one_or_none()
-        # The lookup is by hash, so timing reveals nothing about the secret; compare anyway.
-        if row is None or not hmac.compare_digest(row.secret_sha256, digest):
-            return None
-        return row.id
-
-    def list_keys(self) -> list[ApiKey]:
-        with self._read() as conn:
-            rows = conn.execute(
-                sa.select(_K.id, _K.name, _K.prefix, _K.created_at, _K.revoked_at).order_by(_K.created_at)
-            ).all()
-        return [ApiKey(**r._mapping) for r in rows]
-
-    def revoke(self, key_id_or_prefix: str) -> bool:
-        """Revoke the key with this id or displayed prefix; False when no active key matches.
-
-        Raises InvalidInput when a prefix matches several keys.
-        """
-        match = sa.or_(_K.id == key_id_or_prefix, _K.prefix == key_id_or_prefix)
-        with self._write() as conn:
-            ids = conn.execute(sa.select(_K.id).where(match, _K.revoked_at.is_(None))).scalars().all()
-            if len(ids) > 1:
-                raise InvalidInput(f"{key_id_or_prefix!r} matches {len(ids)} keys; give the key id instead.")
-            if not ids:
-                return False
-            conn.execute(sa.update(api_keys_table).where(_K.id == ids[0]).values(revoked_at=_now()))
-        return True
-
-    def count_active(self) -> int:
-        with self._read() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).where(_K.revoked_at.is_(None))).scalar_one())

@@ -26,9 +26,11 @@ from fluxedit.errors import EditCancelled, FluxeditError, InvalidInput
 from fluxedit.images.decode import encode_image
 from fluxedit.images.fetch import fetch_references
 from fluxedit.images.formats import IMAGE_TYPES
-from fluxedit.jobs.store import Job, JobStore, LeaseLost
+from fluxedit.jobs.errors import LeaseLost
+from fluxedit.jobs.state import JobState
+from fluxedit.jobs.store import Job, JobStore
 from fluxedit.pipeline import EditOutcome, run_edit
-from fluxedit.schema import EditInput, JobState, invalid_input
+from fluxedit.schema import EditInput, invalid_input
 from fluxedit.storage.base import Storage
 
 log = logging.getLogger(__name__)

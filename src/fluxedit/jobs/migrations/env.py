@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from fluxedit.jobs.store import metadata
+from fluxedit.jobs.db import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -1,6 +1,6 @@
 """The initial schema: jobs and api_keys.
 
-A frozen copy of fluxedit.jobs.store's tables at the time of writing; later
+A frozen copy of fluxedit.jobs.db's tables at the time of writing; later
 schema changes are new revisions, never edits here.
 
 Revision ID: 0001

@@ -1,0 +1,163 @@
+"""The database under the job and key stores: its tables, engine set-up and transactions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, make_url
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every backend.
+
+    SQLite stores no offset, so values are stored as naive UTC there.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the job store; use an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+# `seq` is the primary key because it is the one portable auto-increment (an
+# INTEGER PRIMARY KEY on SQLite, an identity column on PostgreSQL): it gives the
+# FIFO order. `id` (uuid4 hex) is what clients see; it is unique and indexed.
+jobs_table = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(32), nullable=False, unique=True),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("model_id", sa.String(200), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("input", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("step", sa.Integer),
+    sa.Column("total_steps", sa.Integer),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("worker_id", sa.String(200)),
+    sa.Column("lease_expires_at", UTCDateTime),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("error_index", sa.Integer),
+    sa.Column("outputs", sa.JSON),
+    sa.Column("seed", sa.BigInteger),
+    sa.Column("width", sa.Integer),
+    sa.Column("height", sa.Integer),
+    sa.Column("timings", sa.JSON),
+    sa.Column("idempotency_key", sa.String(255)),
+    # NULLs are distinct in a unique constraint on both backends: jobs without a key never clash.
+    sa.UniqueConstraint("key_id", "idempotency_key", name="uq_jobs_key_idempotency"),
+    sa.Index("ix_jobs_queue", "state", "model_id", "seq"),
+    sa.Index("ix_jobs_key_seq", "key_id", "seq"),
+    sqlite_autoincrement=True,  # never reuse a seq, even after deletes
+)
+
+api_keys_table = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("prefix", sa.String(16), nullable=False, index=True),
+    sa.Column("secret_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime),
+)
+
+
+def open_database(database_url: str) -> Engine:
+    """A SQLAlchemy engine for `database_url`, set up for several threads and processes.
+
+    SQLite: the file's folder is created, WAL journal, a busy timeout, and write
+    transactions start with BEGIN IMMEDIATE (see `_write`) so that concurrent
+    writers wait for each other instead of failing on a lock upgrade.
+    """
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    if url.database and url.database != ":memory:":
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event, not the sqlite3 module, start transactions.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("fluxedit_write") else "BEGIN")
+
+    return engine
+
+
+_SCHEMA_LOCK_ID = 0x666C7578  # "flux"
+
+
+def lock_schema(conn: Connection) -> None:
+    """PostgreSQL: wait for the lock that serialises schema changes across processes, held until commit.
+
+    Taken by `create_schema` and `fluxedit.jobs.migrate.upgrade_database`, so that
+    several processes starting at once against a new database take turns.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_ID)))
+
+
+def utc_now() -> datetime:
+    """The current time, aware UTC: what every timestamp the stores write is."""
+    return datetime.now(UTC)
+
+
+class Database:
+    """Shared plumbing: an engine, read and write transactions."""
+
+    def __init__(self, database: str | Engine) -> None:
+        self.engine: Engine = open_database(database) if isinstance(database, str) else database
+
+    def create_schema(self) -> None:
+        """Create the tables that are missing (both jobs and api_keys)."""
+        with self._write() as conn:
+            lock_schema(conn)
+            metadata.create_all(conn)
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(fluxedit_write=True)
+            with conn.begin():
+                yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()

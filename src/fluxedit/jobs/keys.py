@@ -1,0 +1,98 @@
+"""API keys: only the SHA-256 of each secret is stored; the secret is shown once, at creation."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from fluxedit.errors import InvalidInput
+from fluxedit.jobs.db import Database, api_keys_table, utc_now
+
+SECRET_PREFIX = "fe_"
+_DISPLAY_PREFIX_CHARS = len(SECRET_PREFIX) + 8
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    prefix: str  # the secret's first characters, to recognise it; not enough to use it
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+_K = api_keys_table.c
+
+
+class KeyStore(Database):
+    """API keys: only the SHA-256 of each secret is stored; the secret is shown once, at creation."""
+
+    def create(self, name: str) -> tuple[str, str]:
+        """A new key: (key_id, secret). The secret cannot be recovered later."""
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        key_id = uuid.uuid4().hex
+        with self._write() as conn:
+            conn.execute(
+                sa.insert(api_keys_table).values(
+                    id=key_id,
+                    name=name,
+                    prefix=secret[:_DISPLAY_PREFIX_CHARS],
+                    secret_sha256=_sha256(secret),
+                    created_at=utc_now(),
+                )
+            )
+        return key_id, secret
+
+    def verify(self, secret: str) -> str | None:
+        """The key id for an active key's secret, else None."""
+        if not secret or len(secret) > 512:
+            return None
+        digest = _sha256(secret)
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(_K.id, _K.secret_sha256).where(_K.secret_sha256 == digest, _K.revoked_at.is_(None))
+            ).one_or_none()
+        # The lookup is by hash, so timing reveals nothing about the secret; compare anyway.
+        if row is None or not hmac.compare_digest(row.secret_sha256, digest):
+            return None
+        return row.id
+
+    def list_keys(self) -> list[ApiKey]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(_K.id, _K.name, _K.prefix, _K.created_at, _K.revoked_at).order_by(_K.created_at)
+            ).all()
+        return [ApiKey(**r._mapping) for r in rows]
+
+    def revoke(self, key_id_or_prefix: str) -> bool:
+        """Revoke the key with this id or displayed prefix; False when no active key matches.
+
+        Raises InvalidInput when a prefix matches several keys.
+        """
+        match = sa.or_(_K.id == key_id_or_prefix, _K.prefix == key_id_or_prefix)
+        with self._write() as conn:
+            ids = conn.execute(sa.select(_K.id).where(match, _K.revoked_at.is_(None))).scalars().all()
+            if len(ids) > 1:
+                raise InvalidInput(f"{key_id_or_prefix!r} matches {len(ids)} keys; give the key id instead.")
+            if not ids:
+                return False
+            conn.execute(sa.update(api_keys_table).where(_K.id == ids[0]).values(revoked_at=utc_now()))
+        return True
+
+    def count_active(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).where(_K.revoked_at.is_(None))).scalar_one())
