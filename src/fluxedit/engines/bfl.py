@@ -62,9 +62,9 @@ from PIL import Image
 
 from fluxedit.config import Settings
 from fluxedit.engines.base import EditRequest, ProgressCallback
-from fluxedit.errors import EditCancelled, FluxeditError, ImageInputError, InvalidInput, ModelUnavailable
+from fluxedit.errors import EditCancelled, FluxeditError, InvalidInput, ModelUnavailable
 from fluxedit.images.decode import encode_image
-from fluxedit.images.fetch import check_address, is_allowed, system_resolver
+from fluxedit.netpolicy import OutboundForbidden, check_address, is_allowed, system_resolver
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,13 +108,13 @@ def make_slots(settings: Settings) -> threading.BoundedSemaphore:
 def check_result_address(host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow: list[str]) -> None:
     """Refuse a result host that resolves inside the network, unless `allow` covers it.
 
-    The decision is `fluxedit.images.fetch.check_address`'s, with `allow` read as
+    The decision is `fluxedit.netpolicy.check_address`'s, with `allow` read as
     `Settings.fetch_allow` is for reference URLs; only the error differs: a bad
     result URL is BFL's failure, not the caller's.
     """
     try:
         check_address(host, address, allow)
-    except ImageInputError:
+    except OutboundForbidden:
         raise UpstreamError(
             f"BFL's result URL points at {host} ({address}), an address inside the network; "
             "fluxedit refused to fetch it (allow it with FLUXEDIT_FETCH_ALLOW if it is a trusted proxy).",
