@@ -2,7 +2,7 @@
 
 No hosted API is reachable here, so this is the one test double: a real FastAPI app
 under uvicorn on 127.0.0.1, speaking the protocol described in
-fluxedit/engines/bfl.py (submit -> {id, polling_url}; get_result -> Pending ... Ready
+fluxedit/engines/bfl_client.py (submit -> {id, polling_url}; get_result -> Pending ... Ready
 with result.sample; a delivery URL serving the image). Scripted cases are chosen by
 text in the prompt:
 
