@@ -2,7 +2,7 @@
 
 No hosted API is reachable here, so this is the one test double: a real FastAPI app
 under uvicorn on 127.0.0.1, speaking the protocol described in
-fluxedit/engines/bfl.py (submit -> {id, polling_url}; get_result -> Pending ... Ready
+fluxedit/engines/bfl_client.py (submit -> {id, polling_url}; get_result -> Pending ... Ready
 with result.sample; a delivery URL serving the image). Scripted cases are chosen by
 text in the prompt:
 
@@ -16,6 +16,8 @@ text in the prompt:
     [429]                 every submit answers 429
     [slow]                six Pendings with rising progress, then Ready
     [foreign-poll]        the polling_url points at another origin (127.0.0.2)
+    [named-delivery]      the result URL names the host delivery.test (same port), not 127.0.0.1
+    [delivery-to-data]    the result URL answers 302 to a data: URI
 
 Fixtures: `fake_bfl` (the running server, state reset per test; `.url`, `.api_key`,
 `.submits`, `.downloads`) and `bfl_settings` (Settings pointed at it).
@@ -160,8 +162,9 @@ def create_app(fake: FakeBfl) -> FastAPI:
         elif status == "Ready":
             task.ready_at = task.ready_at or time.monotonic()
             ext = "png" if task.output_format == "png" else "jpeg"
+            origin = fake.url.replace("127.0.0.1", "delivery.test") if "[named-delivery]" in task.prompt else fake.url
             answer["result"] = {
-                "sample": f"{fake.url}/delivery/{id}/sample.{ext}?sig=fake",
+                "sample": f"{origin}/delivery/{id}/sample.{ext}?sig=fake",
                 "prompt": task.prompt,
                 "seed": task.seed,
             }
@@ -182,6 +185,9 @@ def create_app(fake: FakeBfl) -> FastAPI:
             return Response("not found", status_code=404)
         if time.monotonic() - task.ready_at > fake.result_ttl_s:
             return Response("expired", status_code=403)
+        if "[delivery-to-data]" in task.prompt:
+            data_uri = "data:image/png;base64," + base64.b64encode(b"\0" * 60_000).decode()
+            return Response(status_code=302, headers={"Location": data_uri})
         with fake._lock:
             fake.downloads.append(task_id)
         media = "image/png" if ext == "png" else "image/jpeg"

@@ -11,7 +11,8 @@ from PIL import Image
 
 from fluxedit.config import Settings
 from fluxedit.engines.base import EditRequest, Engine
-from fluxedit.engines.bfl import BflEngine, check_result_address, make_slots
+from fluxedit.engines.bfl import BflEngine, make_slots
+from fluxedit.engines.bfl_client import check_result_address
 from fluxedit.errors import EditCancelled, FluxeditError, InvalidInput, ModelUnavailable
 
 
@@ -205,6 +206,52 @@ def test_polling_url_on_another_origin_gets_no_key(fake_bfl, bfl_settings):
 
     assert err.code == "upstream_failed" and "did not send the key there" in err.message
     assert all(task.polls == 0 for task in fake_bfl.tasks.values())
+
+
+def test_result_is_downloaded_from_the_address_checked_never_from_a_second_lookup(fake_bfl, bfl_settings, connections):
+    calls: list[str] = []
+
+    def rebinding_dns(host: str, port: int) -> list[str]:
+        # The first answer passes the check (127.0.0.1 is allowed); any later one would not.
+        calls.append(host)
+        return ["127.0.0.1"] if len(calls) == 1 else ["127.0.0.2"]
+
+    engine = BflEngine("flux-2-pro", bfl_settings, resolver=rebinding_dns)
+
+    images = engine.edit(edit_request("[named-delivery] a tree"))
+
+    assert images[0].size == (128, 96) and len(fake_bfl.downloads) == 1
+    assert calls == ["delivery.test"] and "delivery.test" not in connections.lookups
+    assert {host for host, _ in connections} == {"127.0.0.1"}
+
+
+def test_result_host_resolving_inside_the_network_is_refused_without_connecting(fake_bfl, bfl_settings):
+    calls: list[str] = []
+    engine = BflEngine("flux-2-pro", bfl_settings, resolver=lambda host, port: calls.append(host) or ["10.0.0.5"])
+
+    err = failure(engine, "[named-delivery] a tree")
+
+    assert err.code == "upstream_failed" and "delivery.test (10.0.0.5), an address inside the network" in err.message
+    assert calls == ["delivery.test"] and fake_bfl.downloads == []
+
+
+def test_result_redirected_to_a_data_uri_is_refused_naming_the_scheme(fake_bfl, bfl_settings):
+    err = failure(BflEngine("flux-2-pro", bfl_settings), "[delivery-to-data] a tree")
+
+    assert err.code == "upstream_failed" and "redirected to a data: URL" in err.message
+
+
+def test_capacity_key_is_shared_by_one_api_and_one_key_and_never_shows_the_key(tmp_path):
+    settings = Settings(data_dir=tmp_path, bfl_api_key="secret-key-0123456789")
+    pro, flex = BflEngine("flux-2-pro", settings), BflEngine("flux-2-flex", settings)
+    other_key = BflEngine("flux-2-pro", settings.model_copy(update={"bfl_api_key": "secret-key-9876543210"}))
+    other_api = BflEngine("flux-2-pro", settings.model_copy(update={"bfl_region": "eu"}))
+
+    assert pro.capacity_key == flex.capacity_key
+    assert len({pro.capacity_key, other_key.capacity_key, other_api.capacity_key}) == 3
+    assert all("secret-key" not in e.capacity_key for e in (pro, other_key, other_api))
+    with pytest.raises(AttributeError):
+        pro.capacity_key = "mine"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,8 @@ def fake_dns(table: dict[str, list[str]], calls: list[str] | None = None):
         ("::1", "loopback"),
         ("fe80::1", "link-local"),
         ("fc00::1", "private"),
+        ("fec0::1", "site-local"),  # deprecated, still routed inside some sites
+        ("feff:ffff::1", "site-local"),  # the last of fec0::/10
         ("ff02::1", "multicast"),
         ("::", "unspecified"),
         ("::ffff:10.0.0.1", "private"),  # IPv4-mapped
@@ -224,6 +226,34 @@ def test_redirect_to_a_file_url_is_refused(image_server, settings):
     image_server.add_redirect("/to-file", "file:///etc/passwd")
     err = refused([image_server.url("/to-file")], settings, "input_forbidden")
     assert "redirects to file:///etc/passwd" in err.message
+
+
+@pytest.mark.parametrize("payload_bytes", [16, 60_000])  # the long one is past httpx's URL length limit
+def test_redirect_to_a_data_uri_is_refused_naming_the_scheme(image_server, settings, connections, payload_bytes):
+    data_uri = (
+        "data:image/png;base64," + base64.b64encode(image_server.add_image("/cat.png") + b"\0" * payload_bytes).decode()
+    )
+    image_server.add_redirect("/to-data", data_uri)
+    err = refused([image_server.url("/to-data")], settings, "input_forbidden")
+    assert "it redirects to data:image/png;base64,..." in err.message and "a data: URL" in err.message
+    assert "only http and https redirects are followed" in err.message and len(err.message) < 300
+    assert connections == [("127.0.0.1", image_server.port)]  # the first hop only
+
+
+def test_redirect_to_other_schemes_is_refused_naming_them(image_server, settings):
+    for n, location in enumerate(["javascript:alert(1)", "ftp://127.0.0.1/cat.png", "gopher://127.0.0.1:70/"]):
+        image_server.add_redirect(f"/to-other-{n}", location)
+        err = refused([image_server.url(f"/to-other-{n}")], settings, "input_forbidden")
+        assert f"a {location.split(':')[0]}: URL" in err.message
+
+
+def test_redirects_httpx_cannot_follow_are_judged_not_internal_errors(image_server, settings):
+    cat = image_server.add_image("/cat.png")
+    image_server.add_redirect("/to-broken", "http://127.0.0.1:port/cat.png")
+    err = refused([image_server.url("/to-broken")], settings, "input_unreachable")
+    assert "redirects to http://127.0.0.1:port/cat.png, not a valid URL" in err.message
+    image_server.add_redirect("/to-schemed-relative", "http:cat.png")  # RFC 3986 5.2.2: relative
+    assert fetch_references([image_server.url("/to-schemed-relative")], settings) == [cat]
 
 
 def test_redirect_chains_up_to_the_limit(image_server, settings):

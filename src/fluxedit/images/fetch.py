@@ -1,23 +1,19 @@
 """Fetch reference images: http(s) URLs, data: URIs and URLs this server issued.
 
-The server fetches URLs that callers name, so it must not become their way into
-the operator's network (SSRF). Every hop -- the URL and each redirect -- goes:
+The server fetches URLs that callers name, so every hop -- the URL and each
+redirect -- goes through `fluxedit.netpolicy` (what outbound traffic may reach):
 
 1. scheme: http or https only (data: URIs are decoded, never fetched);
-2. resolve the host ourselves (getaddrinfo in a thread) and `check_address` every
-   address it resolves to; one address inside the network refuses the host;
-3. connect to the checked IP itself (the original host goes in the Host header
-   and TLS SNI, so certificates are still verified against the name), so a DNS
-   answer that changes between check and connect (rebinding) cannot slip through;
-   the peer address of the open connection is checked once more;
+2. resolve the host once (in a thread) and check every address it resolves to;
+   one address inside the network refuses the host;
+3. connect to the checked IP itself (Host header and TLS SNI carry the name), so
+   a DNS answer that changes between check and connect (rebinding) cannot slip
+   through; the peer address of the open connection is checked once more;
 4. read the body as a stream and stop at `settings.max_image_bytes`.
 
-`settings.fetch_allow` opens holes for the operator's own image hosts:
-- an IP address or CIDR network ("127.0.0.1", "10.20.0.0/16", "fd00::/8") allows
-  every destination *address* in it, whatever host name led there;
-- a host name ("images.internal") allows that exact name (not its subdomains),
-  whatever addresses it resolves to -- but not the same addresses reached under
-  another name or as an IP literal.
+`settings.fetch_allow` opens holes for the operator's own image hosts (see
+`fluxedit.netpolicy` for how entries are read). Refusals are `ImageInputError`
+with code `input_forbidden`, worded for image URLs.
 """
 
 from __future__ import annotations
@@ -26,107 +22,32 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
-import ipaddress
-import socket
+import contextlib
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 
 import httpx
 
-from fluxedit import __version__
+from fluxedit import __version__, netpolicy
 from fluxedit.config import Settings
 from fluxedit.errors import ImageInputError
+from fluxedit.netpolicy import ALLOW_HINT, SCHEMES, IPAddress, OutboundForbidden, Resolver, system_resolver
 
-__all__ = ["fetch_references", "afetch_references", "check_address", "is_allowed", "system_resolver", "Resolver"]
+__all__ = ["fetch_references", "afetch_references", "check_address"]
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-# (host, port) -> the addresses it resolves to; blocking, run in a thread.
-Resolver = Callable[[str, int], Sequence[str]]
 ResolveLocal = Callable[[str], bytes | None]
-
-_REDIRECTS = {301, 302, 303, 307, 308}
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_FETCHED_SCHEMES = ("http", "https")
-
-
-# --- the decision --------------------------------------------------------------------
 
 
 def check_address(host: str, address: IPAddress, allow: list[str]) -> None:
-    """Refuse (`input_forbidden`) an address inside the network unless `allow` covers it.
-
-    Inside: loopback, private, link-local (169.254.169.254 included), multicast,
-    reserved, unspecified or otherwise not publicly routable; IPv4 addresses
-    carried inside IPv6 (::ffff:a.b.c.d, 64:ff9b::/96, 6to4) are judged as IPv4.
-    `host` is the name the address was reached by; see the module doc for `allow`.
-    """
-    kind = _inside_kind(address)
-    if kind is None or is_allowed(host, address, allow):
-        return
-    where = f"{address} is" if _same_host(host, str(address)) else f"{host} resolves to {address},"
-    raise ImageInputError(
-        f"{where} a {kind} address inside the network; image URLs may only point to public "
-        "addresses (an operator can allow hosts or networks with FLUXEDIT_FETCH_ALLOW)",
-        code="input_forbidden",
-    )
+    """`netpolicy.check_address`, refused as an image input (`ImageInputError`, input_forbidden)."""
+    try:
+        netpolicy.check_address(host, address, allow)
+    except OutboundForbidden as exc:
+        raise ImageInputError(_image_refusal(exc), code=exc.code) from None
 
 
-def _as_judged(address: IPAddress) -> list[IPAddress]:
-    """The addresses that decide: IPv4 for the IPv6 forms that only carry one."""
-    if isinstance(address, ipaddress.IPv4Address):
-        return [address]
-    if address.ipv4_mapped is not None:
-        return [address.ipv4_mapped]
-    if address in _NAT64:
-        return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
-    if address.sixtofour is not None:  # 2002::/16 routes to its IPv4 address
-        return [address, address.sixtofour]
-    return [address]
-
-
-def _inside_kind(address: IPAddress) -> str | None:
-    """What kind of non-public address this is, or None for a public one."""
-    for judged in _as_judged(address):
-        for kind, inside in (
-            ("unspecified", judged.is_unspecified),
-            ("loopback", judged.is_loopback),
-            ("link-local", judged.is_link_local),
-            ("multicast", judged.is_multicast),
-            ("reserved", judged.is_reserved),
-            ("private", judged.is_private),
-            ("non-public", not judged.is_global),
-        ):
-            if inside:
-                return kind
-    return None
-
-
-def is_allowed(host: str, address: IPAddress, allow: list[str]) -> bool:
-    """Whether `allow` (as `Settings.fetch_allow`, see the module doc) covers `address` reached as `host`."""
-    addresses = [address, *_as_judged(address)]
-    for entry in allow:
-        try:
-            network = ipaddress.ip_network(entry.strip(), strict=False)
-        except ValueError:
-            if _same_host(entry, host):
-                return True
-            continue
-        if any(a.version == network.version and a in network for a in addresses):
-            return True
-    return False
-
-
-def _same_host(a: str, b: str) -> bool:
-    def norm(h: str) -> str:
-        return h.strip().strip("[]").rstrip(".").lower()
-
-    return norm(a) == norm(b)
-
-
-def system_resolver(host: str, port: int) -> list[str]:
-    """The addresses getaddrinfo gives for host (blocking)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+def _image_refusal(exc: OutboundForbidden) -> str:
+    return f"{exc.finding}; image URLs may only point to public addresses ({ALLOW_HINT})"
 
 
 # --- public entry points -----------------------------------------------------------------
@@ -205,12 +126,8 @@ class _Fetcher:
         self.lookups = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="fluxedit-dns")
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.fetch_total_timeout_s, connect=settings.fetch_connect_timeout_s),
-            # No reuse: a pooled connection is keyed by IP, and must not carry a
-            # request for another host name under the TLS session of the first.
-            limits=httpx.Limits(max_keepalive_connections=0),
-            follow_redirects=False,  # followed by hand, so that every hop is checked
-            trust_env=False,  # an environment proxy would connect where we did not check
             headers={"User-Agent": f"fluxedit/{__version__}", "Accept": "image/*,*/*;q=0.5"},
+            **netpolicy.pinned_client_options(asynchronous=True),  # redirects followed by hand: every hop checked
         )
 
     async def fetch(self, url: str, index: int) -> bytes:
@@ -240,22 +157,16 @@ class _Fetcher:
                 return answer
             if hop == hops:
                 raise _Failure("input_unreachable", f"was redirected more than {hops} times; stopped following")
-            url = _parse_url(str(url.join(answer)), location=answer)
+            url = _next_url(url, answer)
         raise AssertionError("unreachable")
 
     async def _get(self, url: httpx.URL, via: str) -> bytes | str:
         """One hop: the body, or the redirect's Location."""
         host = url.raw_host.decode("ascii")
-        port = url.port or (443 if url.scheme == "https" else 80)
-        addresses = await self._checked_addresses(host, port, via)
+        addresses = await self._checked_addresses(host, netpolicy.url_port(url), via)
         last_error: Exception | None = None
         for address in addresses:
-            request = self.client.build_request(
-                "GET",
-                url.copy_with(host=str(address)),  # connect to the address checked, not a new lookup
-                headers={"Host": url.netloc.decode("ascii")},
-                extensions={"sni_hostname": host} if url.scheme == "https" else {},
-            )
+            request = netpolicy.pinned_request(self.client, url, address)  # the address checked, not a new lookup
             try:
                 response = await self.client.send(request, stream=True)
             except httpx.ConnectError as exc:
@@ -272,38 +183,33 @@ class _Fetcher:
         raise _Failure("input_unreachable", f"{via}could not connect to {host} ({last_error})")
 
     async def _checked_addresses(self, host: str, port: int, via: str) -> list[IPAddress]:
-        try:
-            addresses = [ipaddress.ip_address(host)]
-        except ValueError:
-            addresses = await self._resolve(host, port, via)
-        for address in addresses:
-            self._check(host, address, via)
+        addresses = await self._lookup(host, port, via)
+        with _refusals(via):
+            for address in addresses:
+                netpolicy.check_address(host, address, self.settings.fetch_allow)
         return addresses
 
-    def _check(self, host: str, address: IPAddress, via: str) -> None:
-        """`check_address`, its refusal worded for this URL."""
+    async def _lookup(self, host: str, port: int, via: str) -> list[IPAddress]:
         try:
-            check_address(host, address, self.settings.fetch_allow)
-        except ImageInputError as exc:
-            raise _Failure(exc.code, f"is refused: {via}{exc.message}") from None
-
-    async def _resolve(self, host: str, port: int, via: str) -> list[IPAddress]:
-        try:
-            lookup = asyncio.get_running_loop().run_in_executor(self.lookups, self.resolver, host, port)
-            names = await asyncio.wait_for(lookup, self.settings.fetch_connect_timeout_s)
+            lookup = asyncio.get_running_loop().run_in_executor(
+                self.lookups, netpolicy.lookup, host, port, self.resolver
+            )
+            addresses = await asyncio.wait_for(lookup, self.settings.fetch_connect_timeout_s)
         except TimeoutError:
             raise _Failure("input_unreachable", f"{via}looking up {host} timed out") from None
         except OSError as exc:
             raise _Failure("input_unreachable", f"{via}its host {host} could not be resolved ({exc})") from None
-        addresses = [ipaddress.ip_address(name) for name in names]
         if not addresses:
             raise _Failure("input_unreachable", f"{via}its host {host} resolves to no address")
         return addresses
 
     async def _handle(self, response: httpx.Response, host: str, via: str) -> bytes | str:
-        self._check_peer(response, host, via)
-        if response.status_code in _REDIRECTS and "location" in response.headers:
-            return response.headers["location"]
+        # Belt and braces: the address the connection actually reached.
+        with _refusals(via):
+            netpolicy.check_peer(response, host, self.settings.fetch_allow)
+        location = netpolicy.redirect_location(response)
+        if location is not None:
+            return location
         if not response.is_success:
             raise _Failure(
                 "input_unreachable",
@@ -314,13 +220,6 @@ class _Fetcher:
         if _clearly_not_image(content_type):
             raise _Failure("input_not_image", f"{via}is not an image: the server sent {content_type.split(';')[0]}")
         return await _read_capped(response, self.settings.max_image_bytes, via)
-
-    def _check_peer(self, response: httpx.Response, host: str, via: str) -> None:
-        """Check the address the connection actually reached (belt and braces)."""
-        stream = response.extensions.get("network_stream")
-        peer = stream.get_extra_info("server_addr") if stream is not None else None
-        if peer:
-            self._check(host, ipaddress.ip_address(peer[0]), via)
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -337,6 +236,15 @@ class _Failure(Exception):
         return ImageInputError(f"image_urls[{index}] ({_display(url)}) {self.reason}.", code=self.code, index=index)
 
 
+@contextlib.contextmanager
+def _refusals(via: str) -> Iterator[None]:
+    """netpolicy's refusals, worded for this URL."""
+    try:
+        yield
+    except OutboundForbidden as exc:
+        raise _Failure(exc.code, f"is refused: {via}{_image_refusal(exc)}") from None
+
+
 def _http_failure(exc: httpx.HTTPError, via: str) -> _Failure:
     if isinstance(exc, httpx.TimeoutException):
         return _Failure("input_unreachable", f"{via}timed out ({type(exc).__name__})")
@@ -350,22 +258,38 @@ def _display(url: str, limit: int = 100) -> str:
     return url if len(url) <= limit else url[: limit - 3] + "..."
 
 
+def _next_url(url: httpx.URL, location: str) -> httpx.URL:
+    """The URL a redirect's Location names, refused by its scheme before anything parses it."""
+    if netpolicy.url_scheme(location) not in ("", *SCHEMES):  # "": relative, the page's own scheme
+        _refuse_scheme(location, location=location)
+    try:
+        joined = str(url.join(location))
+    except httpx.InvalidURL as exc:  # not an HTTPError: it would end the job as internal_error
+        raise _Failure("input_unreachable", f"redirects to {_display(location)}, not a valid URL ({exc})") from None
+    return _parse_url(joined, location=location)
+
+
 def _parse_url(text: str, *, location: str | None = None) -> httpx.URL:
     """The URL to fetch; `location` is the Location header it came from, on a redirect."""
+    if netpolicy.url_scheme(text) not in SCHEMES:
+        _refuse_scheme(text, location=location)
     try:
         url = httpx.URL(text)
     except httpx.InvalidURL as exc:
         raise _Failure("input_unreachable", f"is not a valid URL ({exc})") from None
-    if url.scheme not in _FETCHED_SCHEMES:
-        kind = f"a {url.scheme}: URL" if url.scheme else "a URL without a scheme"
-        if location is not None:
-            reason = f"it redirects to {_display(location)}, {kind}; only http and https redirects are followed"
-        else:
-            reason = f"it is {kind}; only http, https and data: URLs are accepted"
-        raise _Failure("input_forbidden", f"is refused: {reason}")
     if not url.raw_host:
         raise _Failure("input_unreachable", "is not a valid URL (it names no host)")
     return url
+
+
+def _refuse_scheme(text: str, *, location: str | None) -> None:
+    scheme = netpolicy.url_scheme(text)
+    kind = f"a {scheme}: URL" if scheme else "a URL without a scheme"
+    if location is not None:
+        reason = f"it redirects to {_display(location)}, {kind}; only http and https redirects are followed"
+    else:
+        reason = f"it is {kind}; only http, https and data: URLs are accepted"
+    raise _Failure("input_forbidden", f"is refused: {reason}")
 
 
 def _clearly_not_image(content_type: str) -> bool:
