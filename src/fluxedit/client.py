@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from httpx_sse import connect_sse
 
 from fluxedit.errors import FluxeditError
 from fluxedit.schema import (
@@ -112,6 +113,20 @@ class Client:
 
     # -- conveniences ------------------------------------------------------------------
 
+    def stream(self, request_id: str, *, last_event_id: str | None = None) -> Iterator[ResultResponse]:
+        """The request's status as it changes (server-sent events), ending with its result."""
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        # Reads wait for the next event; the server sends a keep-alive comment every 15 s.
+        timeout = httpx.Timeout(self._http.timeout.connect, read=60.0)
+        path = f"/v1/requests/{request_id}/stream"
+        with connect_sse(self._http, "GET", path, headers=headers, timeout=timeout) as source:
+            if source.response.status_code >= 400:
+                source.response.read()
+                self._raise(source.response)
+            for event in source.iter_sse():
+                if event.event in ("status", "result"):
+                    yield ResultResponse.model_validate_json(event.data)
+
     def wait(
         self,
         request_id: str,
@@ -121,9 +136,23 @@ class Client:
         max_interval: float = 2.0,
         on_update: Callable[[StatusResponse], None] | None = None,
     ) -> ResultResponse:
-        """Poll with backoff until the request is finished; returns its result."""
+        """Follow the request's stream until it is finished (polling with backoff if the stream breaks);
+        returns its result."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        interval = poll_interval
+        try:
+            for result in self.stream(request_id):
+                if on_update is not None:
+                    on_update(result)
+                if result.status.finished:
+                    return result
+                if deadline is not None and time.monotonic() > deadline:
+                    raise FluxeditError(f"Request {request_id} did not finish within {timeout} s.", code="timeout")
+        except (httpx.HTTPError, APIError) as exc:
+            if isinstance(exc, APIError) and exc.status not in (404, 405, 429, 502, 503, 504):
+                raise
+        return self._poll(request_id, deadline, timeout, poll_interval, max_interval, on_update)
+
+    def _poll(self, request_id, deadline, timeout, interval, max_interval, on_update) -> ResultResponse:
         while True:
             result = self.result(request_id)
             if on_update is not None:

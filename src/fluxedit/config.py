@@ -42,6 +42,10 @@ class Settings(BaseSettings):
         100 * 1024 * 1024, ge=1024, description="Any request body (bounds inline data: URIs, and uploads too)."
     )
     allow_unauthenticated: bool = Field(False, description="Only honoured on a loopback bind.")
+    stream_poll_interval_s: float = Field(
+        0.1, gt=0, le=5, description="How often a status stream or a `Prefer: wait` reads its job's row."
+    )
+    max_streams_per_key: int = Field(8, ge=1, description="Open status streams per API key and API process.")
 
     # --- inputs ----------------------------------------------------------------
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1024)

@@ -10,6 +10,7 @@ from fastapi.staticfiles import StaticFiles
 
 from fluxedit import __version__
 from fluxedit.api.errors import install_error_handlers
+from fluxedit.api.events import StreamSlots
 from fluxedit.api.limits import BodySizeLimit
 from fluxedit.api.routes import router
 from fluxedit.jobs.periodic import Periodic
@@ -41,6 +42,7 @@ def create_app(runtime: Runtime, *, allow_unauthenticated: bool = False) -> Fast
     )
     app.state.runtime = runtime
     app.state.allow_unauthenticated = allow_unauthenticated
+    app.state.stream_slots = StreamSlots(runtime.settings.max_streams_per_key)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_request_bytes)
     app.include_router(router)

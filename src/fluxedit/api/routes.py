@@ -11,9 +11,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image, UnidentifiedImageError
+from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
 
 from fluxedit.api.auth import require_key
 from fluxedit.api.deps import RuntimeDep
+from fluxedit.api.events import stream_response, wait_seconds, wait_until_finished
 from fluxedit.errors import FluxeditError, InvalidInput, NotFound
 from fluxedit.images.formats import IMAGE_TYPES
 from fluxedit.jobs.store import Job
@@ -121,16 +124,34 @@ def list_models(runtime: RuntimeDep, key_id: KeyId) -> ModelList:
     )
 
 
-@router.post("/v1/models/{model_id:path}", response_model=SubmitResponse, tags=["requests"], responses=ERRORS)
-def submit(
+@router.post("/v1/models/{model_id:path}", tags=["requests"], responses=ERRORS)
+async def submit(
     request: Request,
+    response: Response,
     runtime: RuntimeDep,
     model_id: str,
     body: EditInput,
     key_id: KeyId,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> SubmitResponse:
-    """Queue an edit. Answers at once with the URLs to poll."""
+    prefer: Annotated[
+        str | None,
+        Header(max_length=200, description="`wait` or `wait=N` (N <= 60 s): answer with the result once the job ends."),
+    ] = None,
+) -> SubmitResponse | ResultResponse:
+    """Queue an edit. Answers at once with the URLs to poll; with `Prefer: wait=N`, with the result
+    body if the job ends within N seconds (and `Preference-Applied: wait=N`)."""
+    job = await run_in_threadpool(queue_job, runtime, model_id, body, key_id, idempotency_key)
+    seconds = wait_seconds(prefer)
+    if seconds is not None:
+        job = await wait_until_finished(runtime, job, seconds)
+        if job.state.finished:
+            response.headers["Preference-Applied"] = f"wait={seconds}"
+            return await run_in_threadpool(_result, request, runtime, job)
+    return SubmitResponse(request_id=job.id, status=job.state, **_urls(request, job.id))
+
+
+def queue_job(runtime: Runtime, model_id: str, body: EditInput, key_id: str, idempotency_key: str | None) -> Job:
+    """Check the request against its model and queue it; the dispatcher hears of it at once."""
     model = runtime.models.get(model_id)
     if model is None:
         served = ", ".join(sorted(runtime.models))
@@ -150,7 +171,7 @@ def submit(
     )
     if runtime.dispatcher is not None:
         runtime.dispatcher.notify(job)
-    return SubmitResponse(request_id=job.id, status=job.state, **_urls(request, job.id))
+    return job
 
 
 @router.get("/v1/requests", response_model=RequestList, tags=["requests"], responses=ERRORS)
@@ -175,6 +196,20 @@ def status(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId
 def result(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId) -> ResultResponse:
     """The outputs once completed; before that, the status body, so clients keep polling."""
     return _result(request, runtime, _own_job(runtime, request_id, key_id))
+
+
+@router.get(
+    "/v1/requests/{request_id}/stream",
+    tags=["requests"],
+    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "Server-sent events."}},
+    response_class=EventSourceResponse,
+)
+def stream(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId) -> EventSourceResponse:
+    """Server-sent events: `status` with the status body at once and at each change of state or step,
+    then `result` with the result body when the job ends. Resumes after `Last-Event-ID`."""
+    job = _own_job(runtime, request_id, key_id)
+    slots = request.app.state.stream_slots
+    return stream_response(request, runtime, job, lambda current: _result(request, runtime, current), slots)
 
 
 @router.post("/v1/requests/{request_id}/cancel", response_model=StatusResponse, tags=["requests"], responses=ERRORS)

@@ -75,8 +75,9 @@ def make_engine(source: str, settings: Settings, *, bfl_slots: threading.Bounded
 
         return BflEngine(source.removeprefix(BFL_PREFIX), settings, slots=bfl_slots)
 
-    from fluxedit.engines.flux2 import Flux2Engine, Flux2Options  # torch + diffusers: imported only when used
+    from fluxedit.engines.flux2 import Flux2Engine, Flux2Options, quiet_libraries  # torch: imported only when used
 
+    quiet_libraries()
     options = Flux2Options.from_settings(settings)
     if source == TINY_SOURCE:
         from fluxedit.engines.tiny import ensure_tiny_model
