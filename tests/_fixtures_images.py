@@ -23,6 +23,7 @@ literals fail as unknown, so no test's DNS query leaves the machine.
 
 from __future__ import annotations
 
+import base64
 import io
 import ipaddress
 import socket
@@ -36,13 +37,27 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-__all__ = ["ImageServer", "Request", "StreamStats", "ConnectionLog", "image_server", "connections", "png_bytes"]
+__all__ = [
+    "ImageServer",
+    "Request",
+    "StreamStats",
+    "ConnectionLog",
+    "image_server",
+    "connections",
+    "png_bytes",
+    "png_data_uri",
+]
 
 
 def png_bytes(size: tuple[int, int] = (96, 64), color: tuple[int, int, int] = (200, 30, 30), fmt: str = "PNG") -> bytes:
+    """A plain one-colour image, encoded (PNG unless `fmt` says otherwise): the tests' reference images."""
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def png_data_uri(size: tuple[int, int] = (96, 64), color: tuple[int, int, int] = (30, 120, 200)) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(size, color)).decode()
 
 
 @dataclass

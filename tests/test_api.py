@@ -11,19 +11,15 @@ import httpx
 import pytest
 from PIL import Image
 
+from _fixtures_images import png_bytes
+
 PRO = "blackforestlabs/flux-2/pro/edit"
-
-
-def png(width: int = 96, height: int = 96, color=(200, 40, 40)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
 def refs(image_server):
-    image_server.add("/cat.png", png(128, 96), "image/png")
-    image_server.add("/hat.png", png(64, 64, (10, 10, 200)), "image/png")
+    image_server.add("/cat.png", png_bytes((128, 96), (200, 40, 40)), "image/png")
+    image_server.add("/hat.png", png_bytes((64, 64), (10, 10, 200)), "image/png")
     return [image_server.url("/cat.png"), image_server.url("/hat.png")]
 
 
@@ -218,7 +214,7 @@ def test_upload_then_edit_with_the_python_client(tiny_server, tmp_path):
     from fluxedit import Client
 
     photo = tmp_path / "photo.png"
-    photo.write_bytes(png(160, 120, (20, 160, 90)))
+    photo.write_bytes(png_bytes((160, 120), (20, 160, 90)))
     with Client(tiny_server.base_url, tiny_server.api_key) as client:
         url = client.upload(photo)
         images = client.edit(PRO, prompt="make it night", image_urls=[url], image_size="auto", output_format="png")
@@ -249,7 +245,7 @@ def test_requests_are_listed_newest_first_with_a_cursor(tiny_server, refs):
 def small_limits_server(tmp_path_factory, image_server):
     from _fixtures_server import LiveServer
 
-    image_server.add("/small.png", png(64, 64), "image/png")
+    image_server.add("/small.png", png_bytes((64, 64), (200, 40, 40)), "image/png")
     limits = {"max_queued_per_model": "1", "max_upload_bytes": "200000", "max_request_bytes": "300000"}
     server = LiveServer(
         tmp_path_factory.mktemp("limits"), ("--model", "tiny"), {"fetch_allow": '["127.0.0.1"]', **limits}
@@ -279,7 +275,9 @@ def test_a_full_queue_answers_429_with_retry_after(small_limits_server, image_se
 def test_bodies_and_uploads_are_bounded(small_limits_server):
     noise = bytes(range(256)) * 1200  # ~300 KB
     with small_limits_server.client() as http:
-        upload = http.post("/v1/files", files={"file": ("big.png", png(64, 64) + noise[:250_000])})
+        upload = http.post(
+            "/v1/files", files={"file": ("big.png", png_bytes((64, 64), (200, 40, 40)) + noise[:250_000])}
+        )
         assert upload.status_code == 413 and upload.json()["error"]["code"] == "payload_too_large"
         inline = "data:image/png;base64," + "A" * 400_000
         body = http.post(f"/v1/models/{PRO}", json={"prompt": "x", "image_urls": [inline]})
@@ -294,7 +292,9 @@ def test_a_chunked_body_is_bounded_as_it_arrives(small_limits_server):
         for _ in range(40):
             yield b" " * 16_384
 
-    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n' + png(64, 64)
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n' + png_bytes(
+        (64, 64), (200, 40, 40)
+    )
     with small_limits_server.client() as http:
         json_body = http.post(f"/v1/models/{PRO}", content=chunks(), headers={"Content-Type": "application/json"})
         upload = http.post(
@@ -317,7 +317,7 @@ def test_cli_edit_on_a_server_uploads_local_files_and_uses_urls(tiny_server, ref
     from _fixtures_server import run_cli
 
     photo = tmp_path / "photo.png"
-    photo.write_bytes(png(200, 100, (250, 200, 0)))
+    photo.write_bytes(png_bytes((200, 100), (250, 200, 0)))
     out = tmp_path / "remote.png"
     done = run_cli(
         "edit", "--server", tiny_server.base_url, "--api-key", tiny_server.api_key,

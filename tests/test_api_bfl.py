@@ -13,16 +13,11 @@ import pytest
 from PIL import Image
 
 from _fixtures_bfl import FAKE_BFL_KEY
+from _fixtures_images import png_bytes
 from _fixtures_server import LiveServer
 
 PRO = "blackforestlabs/flux-2/pro/edit"
 FLEX = "blackforestlabs/flux-2/flex/edit"
-
-
-def _png(color) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (128, 96), color).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +41,7 @@ def bfl_server(tmp_path_factory, _fake_bfl_server, image_server):
 @pytest.fixture(scope="module")
 def refs(image_server) -> list[str]:
     for n, color in enumerate([(200, 0, 0), (0, 200, 0), (0, 0, 200), (90, 90, 90)] * 3):
-        image_server.add(f"/bfl-{n}.png", _png(color), "image/png")
+        image_server.add(f"/bfl-{n}.png", png_bytes((128, 96), color), "image/png")
     return [image_server.url(f"/bfl-{n}.png") for n in range(12)]
 
 

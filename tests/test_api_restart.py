@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import sqlite3
 
-from PIL import Image
+from _fixtures_images import png_bytes
 
 PRO = "blackforestlabs/flux-2/pro/edit"
-
-
-def _png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (96, 96), (90, 90, 200)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def _submit_slow_jobs(server, url: str, count: int) -> list[str]:
@@ -23,7 +16,7 @@ def _submit_slow_jobs(server, url: str, count: int) -> list[str]:
 
 
 def test_kill_9_with_jobs_queued_and_running_then_restart(start_server, image_server):
-    image_server.add("/restart.png", _png(), "image/png")
+    image_server.add("/restart.png", png_bytes((96, 96), (90, 90, 200)), "image/png")
     server = start_server("--model", "tiny", fetch_allow='["127.0.0.1"]', lease_s="2")
     ids = _submit_slow_jobs(server, image_server.url("/restart.png"), 4)
     server.wait_for(ids[0], {"in_progress"})
@@ -43,7 +36,7 @@ def test_kill_9_with_jobs_queued_and_running_then_restart(start_server, image_se
 
 
 def test_a_job_whose_worker_keeps_dying_fails_as_worker_lost(start_server, image_server):
-    image_server.add("/lost.png", _png(), "image/png")
+    image_server.add("/lost.png", png_bytes((96, 96), (90, 90, 200)), "image/png")
     server = start_server("--model", "tiny", fetch_allow='["127.0.0.1"]', lease_s="2", max_attempts="1")
     [request_id] = _submit_slow_jobs(server, image_server.url("/lost.png"), 1)
     server.wait_for(request_id, {"in_progress"})

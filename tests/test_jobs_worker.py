@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import ExifTags, Image
 
+from _fixtures_images import png_data_uri
 from fluxedit.config import Settings
 from fluxedit.jobs.dispatch import LocalDispatcher
 from fluxedit.jobs.periodic import Periodic
@@ -26,12 +27,6 @@ from fluxedit.storage import LocalStorage, UrlSigner, resolve_issued_url
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 MODEL = "blackforestlabs/flux-2/klein-4b/edit"
 ALIAS = "blackforestlabs/flux-2/pro/edit"
-
-
-def png_data_uri(size=(96, 64), color=(30, 120, 200)) -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 @pytest.fixture

@@ -59,6 +59,11 @@ class OutputImage:
         return Image.open(io.BytesIO(self.data))
 
 
+def _check_deadline(request_id: str, deadline: float | None, timeout: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise FluxeditError(f"Request {request_id} did not finish within {timeout} s.", code="timeout")
+
+
 class Client:
     def __init__(
         self,
@@ -145,8 +150,7 @@ class Client:
                     on_update(result)
                 if result.status.finished:
                     return result
-                if deadline is not None and time.monotonic() > deadline:
-                    raise FluxeditError(f"Request {request_id} did not finish within {timeout} s.", code="timeout")
+                _check_deadline(request_id, deadline, timeout)
         except (httpx.HTTPError, APIError) as exc:
             if isinstance(exc, APIError) and exc.status not in (404, 405, 429, 502, 503, 504):
                 raise
@@ -159,8 +163,7 @@ class Client:
                 on_update(result)
             if result.status.finished:
                 return result
-            if deadline is not None and time.monotonic() > deadline:
-                raise FluxeditError(f"Request {request_id} did not finish within {timeout} s.", code="timeout")
+            _check_deadline(request_id, deadline, timeout)
             time.sleep(interval)
             interval = min(max_interval, interval * 1.5)
 

@@ -1,7 +1,6 @@
 """Black Forest Labs' HTTP protocol: submit a task, poll it, download its result.
 
-BFL's protocol, as confirmed in BFL's documentation (docs.bfl.ai / docs.bfl.ml /
-help.bfl.ai):
+BFL's protocol, as BFL's documentation (docs.bfl.ai, help.bfl.ai) gives it:
 
 - Submit: ``POST {base}/v1/flux-2-pro`` (likewise ``flux-2-flex``, ``flux-2-max``)
   with header ``x-key: <key>`` and a JSON body: ``prompt`` (required),
@@ -25,15 +24,15 @@ help.bfl.ai):
   429 concurrency limit exceeded (back off and retry once a task finishes), 500,
   503 (retry after a moment).
 
-Not found in BFL's own reference pages, taken from elsewhere:
+Not in BFL's API reference pages, but in its guides:
 
 - ``result.sample`` as the field holding the image URL comes from BFL's skill
   guides and third-party clients; the get_result schema types ``result`` as any.
 - The limit of 24 active tasks per key is stated in BFL's published "bfl-api"
   skill (rate-limiting reference), not in the API reference pages.
 - ``Failed`` is not a documented status; it is treated like ``Error`` in case.
-- No cancel endpoint and no idempotency key were found: once a task is forwarded it
-  runs to completion and is billed, so a submit is retried only when the connection
+- BFL documents no cancel endpoint and no idempotency key: once a task is forwarded
+  it runs to completion and is billed, so a submit is retried only when the connection
   never opened.
 
 The key goes only to the configured API's origin or to https hosts under bfl.ai.
