@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import uuid
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -10,10 +9,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
-from PIL import Image, UnidentifiedImageError
 
 from fluxedit.api.auth import require_key
 from fluxedit.errors import FluxeditError, InvalidInput
+from fluxedit.images.sniff import sniff_upload
 from fluxedit.jobs.store import Job
 from fluxedit.schema import (
     EditInput,
@@ -36,7 +35,6 @@ from fluxedit.storage import guess_content_type
 router = APIRouter()
 KeyId = Annotated[str, Depends(require_key)]
 ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422, 429, 503)}
-UPLOAD_TYPES = {"JPEG": ("image/jpeg", "jpg"), "PNG": ("image/png", "png"), "WEBP": ("image/webp", "webp")}
 
 
 class NotFound(FluxeditError):
@@ -202,7 +200,7 @@ def upload(request: Request, file: UploadFile, key_id: KeyId) -> FileUploadRespo
         raise FluxeditError(
             f"The upload is larger than the {cap // (1024 * 1024)} MB limit.", code="payload_too_large", status=413
         )
-    content_type, ext = _sniff_image(data)
+    content_type, ext = sniff_upload(data, max_pixels=services.settings.max_image_pixels)
     key = f"uploads/{key_id}/{uuid.uuid4().hex}.{ext}"
     services.storage.put(key, data, content_type)
     return FileUploadResponse(
@@ -213,20 +211,6 @@ def upload(request: Request, file: UploadFile, key_id: KeyId) -> FileUploadRespo
         size=len(data),
         expires_at=datetime.now(UTC) + timedelta(seconds=services.settings.url_expiry_s),
     )
-
-
-def _sniff_image(data: bytes) -> tuple[str, str]:
-    """(content type, extension) of an upload, from its header only; 422 if not an image we take."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            kind = image.format
-    except (UnidentifiedImageError, OSError):
-        kind = None
-    if kind not in UPLOAD_TYPES:
-        raise FluxeditError(
-            "The upload is not a JPEG, PNG or WebP image.", code="input_not_image", status=422, field="file"
-        )
-    return UPLOAD_TYPES[kind]
 
 
 @router.get("/files/{key:path}", include_in_schema=False)

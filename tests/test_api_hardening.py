@@ -1,0 +1,61 @@
+"""Bad inputs and abuse get a clear answer from a real server: no 500, nothing amplified."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+
+import pytest
+
+from _fixtures_images import png_bytes
+
+PRO = "blackforestlabs/flux-2/pro/edit"
+
+
+def bomb_png(side: int = 30_000) -> bytes:
+    """A real 1-bit side x side PNG, all black: about 100 KB that would decode to 900 MP."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    row = b"\x00" * (1 + (side + 7) // 8)  # filter byte, then the packed bits
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def data_uri(data: bytes, media: str = "image/png") -> str:
+    return f"data:{media};base64," + base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    return bomb_png()
+
+
+def test_a_decompression_bomb_upload_is_refused_like_the_same_data_uri(tiny_server, bomb):
+    with tiny_server.client() as http:
+        upload = http.post("/v1/files", files={"file": ("bomb.png", bomb, "image/png")})
+        assert upload.status_code == 422, upload.text
+        error = upload.json()["error"]
+        assert error["code"] == "input_too_large" and error["field"] == "file"
+        assert "64,000,000 pixels" in error["message"]
+
+        inline = http.post(f"/v1/models/{PRO}", json={"prompt": "x", "image_urls": [data_uri(bomb)]})
+    assert inline.status_code == 200, inline.text
+    job = tiny_server.wait_for(inline.json()["request_id"], {"failed", "completed"})
+    assert job["error"]["code"] == error["code"] and job["error"]["index"] == 0
+    assert "64,000,000 pixels" in job["error"]["message"]
+
+
+def test_an_upload_that_is_not_an_image_names_what_is_accepted(tiny_server):
+    with tiny_server.client() as http:
+        answer = http.post("/v1/files", files={"file": ("a.gif", png_bytes(fmt="GIF"), "image/gif")})
+    assert answer.status_code == 422
+    assert answer.json()["error"] == {
+        "code": "input_not_image",
+        "message": "The upload is not a JPEG, PNG or WebP image.",
+        "field": "file",
+    }
