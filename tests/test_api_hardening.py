@@ -59,3 +59,25 @@ def test_an_upload_that_is_not_an_image_names_what_is_accepted(tiny_server):
         "message": "The upload is not a JPEG, PNG or WebP image.",
         "field": "file",
     }
+
+
+def test_a_size_too_wide_for_jpeg_is_refused_at_submit(tiny_server):
+    body = {"prompt": "x", "image_urls": ["https://example.com/a.png"], "image_size": {"width": 65536, "height": 64}}
+    with tiny_server.client() as http:
+        answer = http.post(f"/v1/models/{PRO}", json=body)
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_input" and error["field"] == "image_size"
+    assert "65536x64" in error["message"] and "65535" in error["message"] and "png" in error["message"]
+
+
+def test_the_largest_side_the_area_allows_is_fine_for_png():
+    from fluxedit.schema import MAX_CUSTOM_SIDE, EditInput
+
+    edit = EditInput(
+        prompt="x",
+        image_urls=["https://example.com/a.png"],
+        image_size={"width": MAX_CUSTOM_SIDE, "height": 64},
+        output_format="png",
+    )
+    assert edit.output_size((64, 64)) == (65536, 64)

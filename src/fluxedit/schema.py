@@ -6,7 +6,17 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fluxedit import sizes
 from fluxedit.errors import InvalidInput
@@ -14,7 +24,9 @@ from fluxedit.errors import InvalidInput
 MAX_REFERENCES = 10
 MAX_PROMPT_CHARS = 10_000
 MAX_URL_CHARS = 8_192
-MAX_CUSTOM_SIDE = 65_536  # the area bound (4 MP) is the real limit; this only bounds the numbers
+# The longest side the area bound allows: the other side at its minimum (4 MP / 64 = 65536).
+MAX_CUSTOM_SIDE = sizes.MAX_PIXELS // sizes.MIN_SIDE
+JPEG_MAX_SIDE = 65_535  # JPEG stores each side in 16 bits
 # A data: URI carries the image itself: bounded here, the decoder enforces the byte cap.
 MAX_DATA_URI_CHARS = 70 * 1024 * 1024
 
@@ -96,6 +108,7 @@ class EditInput(BaseModel):
                 "multiple": sizes.MULTIPLE,
                 "min_side": sizes.MIN_SIDE,
                 "max_side": MAX_CUSTOM_SIDE,
+                "max_side_jpeg": JPEG_MAX_SIDE,
                 "max_pixels": sizes.MAX_PIXELS,
                 "auto_pixels": sizes.AUTO_PIXELS,
             },
@@ -134,6 +147,25 @@ class EditInput(BaseModel):
             if problem:
                 raise ValueError(f"image_urls[{index}]: {problem}")
         return urls
+
+    @model_validator(mode="after")
+    def _fits_the_output_format(self) -> EditInput:
+        size = self.image_size
+        if self.output_format != "jpeg" or not isinstance(size, CustomImageSize):
+            return self
+        width, height = sizes.custom_size(size.width, size.height)
+        if max(width, height) <= JPEG_MAX_SIDE:
+            return self
+        # Raised as a ValidationError so that the answer names image_size, not the whole input.
+        problem = PydanticCustomError(
+            "jpeg_side",
+            "{width}x{height} is too large for JPEG output, which holds at most {limit} pixels a side; "
+            'ask for "output_format": "png" or a smaller size',
+            {"width": width, "height": height, "limit": JPEG_MAX_SIDE},
+        )
+        raise ValidationError.from_exception_data(
+            "EditInput", [InitErrorDetails(type=problem, loc=("image_size",), input=size.model_dump())]
+        )
 
     def output_size(self, first_reference: tuple[int, int]) -> tuple[int, int]:
         size = self.image_size
