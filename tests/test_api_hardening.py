@@ -81,3 +81,52 @@ def test_the_largest_side_the_area_allows_is_fine_for_png():
         output_format="png",
     )
     assert edit.output_size((64, 64)) == (65536, 64)
+
+
+def test_files_are_served_with_nosniff(tiny_server):
+    with tiny_server.client() as http:
+        url = http.post("/v1/files", files={"file": ("a.png", png_bytes(), "image/png")}).json()["url"]
+        served = http.get(url)
+    assert served.status_code == 200 and served.content == png_bytes()
+    assert served.headers["content-type"] == "image/png"
+    assert served.headers["x-content-type-options"] == "nosniff"
+
+
+def test_guessing_request_ids_is_bounded_per_key_but_known_ids_never_are(start_server):
+    from _fixtures_server import run_cli
+
+    server = start_server("--model", "tiny", "--no-workers", max_unknown_ids_per_minute="5")
+    body = {"prompt": "x", "image_urls": ["https://example.com/a.png"]}
+    with server.client() as http:
+        known = http.post(f"/v1/models/{PRO}", json=body).json()["request_id"]
+        misses = [http.get(f"/v1/requests/{n:032x}/status").status_code for n in range(5)]
+        limited = http.get(f"/v1/requests/{99:032x}/result")
+        cancel = http.post(f"/v1/requests/{98:032x}/cancel")
+        polls = [http.get(f"/v1/requests/{known}/status").status_code for _ in range(20)]
+    assert misses == [404] * 5
+    for answer in (limited, cancel):
+        assert answer.status_code == 429, answer.text
+        assert answer.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(answer.headers["Retry-After"]) <= 60
+    assert polls == [200] * 20
+    other = run_cli("keys", "create", "--name", "other", data_dir=server.data_dir).stdout.strip()
+    with server.client(other) as http:
+        assert http.get(f"/v1/requests/{99:032x}/status").status_code == 404
+
+
+def test_the_guess_limit_slides_with_the_minute():
+    from fluxedit.api.guesses import GuessLimit, TooManyGuesses
+
+    now = [1000.0]
+    limit = GuessLimit(2, clock=lambda: now[0])
+    limit.miss("k", "a")
+    now[0] += 10
+    limit.miss("k", "b")
+    with pytest.raises(TooManyGuesses) as caught:
+        limit.miss("k", "c")
+    assert caught.value.retry_after_s == 50 and caught.value.status == 429
+    limit.miss("other-key", "c")  # each key has its own count
+    now[0] += 50  # the first miss is a minute old: one more is allowed
+    limit.miss("k", "c")
+    with pytest.raises(TooManyGuesses):
+        limit.miss("k", "d")

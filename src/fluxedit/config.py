@@ -42,6 +42,9 @@ class Settings(BaseSettings):
         100 * 1024 * 1024, ge=1024, description="Any request body (bounds inline data: URIs, and uploads too)."
     )
     allow_unauthenticated: bool = Field(False, description="Only honoured on a loopback bind.")
+    max_unknown_ids_per_minute: int = Field(
+        30, ge=1, description="Lookups of request ids a key does not have, per key and minute; more answer 429."
+    )
 
     # --- inputs ----------------------------------------------------------------
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1024)

@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from fluxedit import __version__
 from fluxedit.api.errors import install_error_handlers
+from fluxedit.api.guesses import GuessLimit
 from fluxedit.api.limits import BodySizeLimit
 from fluxedit.api.routes import router
 from fluxedit.config import Settings
@@ -47,6 +48,7 @@ class Services:
     storage: Storage
     signer: UrlSigner
     dispatcher: Dispatcher | None
+    guesses: GuessLimit
     allow_unauthenticated: bool = False
 
     def sweep(self) -> None:
@@ -79,6 +81,7 @@ def build_services(
         storage=storage,
         signer=signer,
         dispatcher=dispatcher,
+        guesses=GuessLimit(settings.max_unknown_ids_per_minute),
         allow_unauthenticated=allow_unauthenticated,
     )
 

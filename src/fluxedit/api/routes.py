@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, Response
 from fluxedit.api.auth import require_key
 from fluxedit.errors import FluxeditError, InvalidInput
 from fluxedit.images.sniff import sniff_upload
-from fluxedit.jobs.store import Job
+from fluxedit.jobs.store import Job, JobNotFound
 from fluxedit.schema import (
     EditInput,
     EditOutput,
@@ -92,8 +92,10 @@ def _result(request: Request, job: Job) -> ResultResponse:
 
 
 def _own_job(request: Request, request_id: str, key_id: str) -> Job:
-    job = _services(request).store.get(request_id, key_id=key_id)
+    services = _services(request)
+    job = services.store.get(request_id, key_id=key_id)
     if job is None:
+        services.guesses.miss(key_id, request_id)
         raise NotFound(f"No request {request_id!r} for this API key.")
     return job
 
@@ -186,7 +188,12 @@ def result(request: Request, request_id: str, key_id: KeyId) -> ResultResponse:
 @router.post("/v1/requests/{request_id}/cancel", response_model=StatusResponse, tags=["requests"], responses=ERRORS)
 def cancel(request: Request, request_id: str, key_id: KeyId) -> StatusResponse:
     """Queued: cancelled at once. Running: stops at its next denoising step. Finished: 409."""
-    job = _services(request).store.cancel(request_id, key_id)  # 404 (JobNotFound) when not this key's
+    services = _services(request)
+    try:
+        job = services.store.cancel(request_id, key_id)
+    except JobNotFound:  # not this key's, or no such id
+        services.guesses.miss(key_id, request_id)
+        raise
     return StatusResponse(**_status_fields(request, job))
 
 
@@ -223,4 +230,5 @@ def serve_file(request: Request, key: str, expires: int = 0, sig: str = "") -> R
         data = services.storage.get(key)
     except FileNotFoundError:
         raise NotFound("This file has expired and was removed.") from None
-    return Response(data, media_type=guess_content_type(key), headers={"Cache-Control": "private, max-age=3600"})
+    headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+    return Response(data, media_type=guess_content_type(key), headers=headers)
