@@ -130,3 +130,68 @@ def test_the_guess_limit_slides_with_the_minute():
     limit.miss("k", "c")
     with pytest.raises(TooManyGuesses):
         limit.miss("k", "d")
+
+
+def noise_png(width: int, height: int) -> bytes:
+    """Random pixels: a PNG about as large as its raw pixels (no compression to speak of)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _database_bytes(server) -> int:
+    return sum(p.stat().st_size for p in server.data_dir.glob("fluxedit.db*"))
+
+
+def test_an_inline_image_is_stored_as_a_file_and_never_comes_back_in_answers(tiny_server):
+    image = noise_png(1500, 1100)
+    inline = data_uri(image)
+    assert len(inline) > 5_000_000
+    before = _database_bytes(tiny_server)
+    body = {"prompt": "x", "image_urls": [inline], "image_size": "square", "num_inference_steps": 2}
+    with tiny_server.client() as http:
+        submitted = http.post(f"/v1/models/{PRO}", json=body, headers={"Idempotency-Key": "inline-1"})
+        assert submitted.status_code == 200, submitted.text
+        request_id = submitted.json()["request_id"]
+        status = http.get(f"/v1/requests/{request_id}/status")
+        assert len(status.content) < 10_000 and "base64" not in status.text
+        done = tiny_server.wait_for(request_id, {"completed", "failed"})
+        assert done["status"] == "completed", done
+        result = http.get(f"/v1/requests/{request_id}/result")
+        assert len(result.content) < 10_000, len(result.content)
+        [stored_url] = result.json()["input"]["image_urls"]
+        assert stored_url.startswith(f"{tiny_server.base_url}/files/uploads/")
+        assert http.get(stored_url).content == image  # the very bytes sent, under a signed URL
+        listed = http.get("/v1/requests", params={"limit": 4})
+        assert len(listed.content) < 40_000
+        # The same request again with its idempotency key is the same job, not a conflict.
+        again = http.post(f"/v1/models/{PRO}", json=body, headers={"Idempotency-Key": "inline-1"})
+        assert again.status_code == 200 and again.json()["request_id"] == request_id
+    assert _database_bytes(tiny_server) - before < 1_000_000
+
+
+def test_an_inline_image_over_the_byte_cap_is_refused_at_submit(small_limits_server):
+    from _fixtures_images import png_bytes as small_png
+
+    inline = data_uri(small_png() + b"\0" * 200_000)  # over max_image_bytes, under the body limit
+    with small_limits_server.client() as http:
+        answer = http.post(f"/v1/models/{PRO}", json={"prompt": "x", "image_urls": [inline]})
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "input_too_large" and error["index"] == 0 and error["field"] == "image_urls[0]"
+
+
+@pytest.fixture(scope="module")
+def small_limits_server(tmp_path_factory):
+    from _fixtures_server import LiveServer
+
+    limits = {"max_image_bytes": "150000", "max_request_bytes": "600000"}
+    server = LiveServer(tmp_path_factory.mktemp("limits"), ("--model", "tiny", "--no-workers"), limits)
+    yield server.start()
+    server.stop()

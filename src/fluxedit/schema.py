@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import Enum
 from typing import Annotated, Literal
@@ -13,22 +14,20 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from fluxedit import sizes
+from fluxedit import image_url, sizes
 from fluxedit.errors import InvalidInput
 
 MAX_REFERENCES = 10
 MAX_PROMPT_CHARS = 10_000
-MAX_URL_CHARS = 8_192
 # The longest side the area bound allows: the other side at its minimum (4 MP / 64 = 65536).
 MAX_CUSTOM_SIDE = sizes.MAX_PIXELS // sizes.MIN_SIDE
 JPEG_MAX_SIDE = 65_535  # JPEG stores each side in 16 bits
-# A data: URI carries the image itself: bounded here, the decoder enforces the byte cap.
-MAX_DATA_URI_CHARS = 70 * 1024 * 1024
 
 ImageSizeName = Literal[
     "auto", "square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"
@@ -64,23 +63,14 @@ ImageSize = Annotated[
 ]
 
 
-def _image_url_problem(url: str) -> str | None:
-    """Why `url` cannot be a reference, or None when its form is fine (fetching comes later)."""
-    lower = url[:16].lower()
-    if lower.startswith("data:"):
-        if len(url) > MAX_DATA_URI_CHARS:
-            return "data: URI is larger than the 50 MB image limit"
-        if not lower.startswith("data:image/") or ";base64," not in url[:200]:
-            return "data: URI must be a base64 image (data:image/...;base64,...)"
-        return None
-    if len(url) > MAX_URL_CHARS:
-        return f"URL is longer than {MAX_URL_CHARS} characters"
-    if not (lower.startswith("http://") or lower.startswith("https://")):
-        scheme = url.split(":", 1)[0] if ":" in url else url[:20]
-        return (
-            f"scheme {scheme!r} is not allowed; use an https:// or http:// URL, a data: URI or an uploaded file's URL"
-        )
-    return None
+# The OpenAPI document states each rule the validators apply (the validators give the sentences).
+ImageURL = Annotated[
+    str,
+    WithJsonSchema({"type": "string", "maxLength": image_url.MAX_DATA_URI_CHARS, "pattern": image_url.PATTERN}),
+]
+# Whitespace as str.strip() and ECMA-262's \s both see it, spelled out so that both read it alike.
+_SPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+NOT_BLANK = f"[^{_SPACE}]"
 
 
 class EditInput(BaseModel):
@@ -90,8 +80,14 @@ class EditInput(BaseModel):
     # e.g. sync_mode) work unchanged.
     model_config = ConfigDict(extra="ignore")
 
-    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, description="What to do with the references.")
-    image_urls: list[str] = Field(
+    prompt: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description="What to do with the references; not blank.",
+        json_schema_extra={"pattern": NOT_BLANK},
+    )
+    image_urls: list[ImageURL] = Field(
         ...,
         min_length=1,
         max_length=MAX_REFERENCES,
@@ -125,7 +121,7 @@ class EditInput(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
+        if re.search(NOT_BLANK, value) is None:
             raise ValueError("prompt must not be blank")
         return value
 
@@ -143,7 +139,7 @@ class EditInput(BaseModel):
     @classmethod
     def _urls_have_allowed_form(cls, urls: list[str]) -> list[str]:
         for index, url in enumerate(urls):
-            problem = _image_url_problem(url)
+            problem = image_url.problem(url)
             if problem:
                 raise ValueError(f"image_urls[{index}]: {problem}")
         return urls

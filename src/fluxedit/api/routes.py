@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
 
 from fluxedit.api.auth import require_key
+from fluxedit.api.inline import store_inline_images
 from fluxedit.errors import FluxeditError, InvalidInput
 from fluxedit.images.sniff import sniff_upload
 from fluxedit.jobs.store import Job, JobNotFound
@@ -91,9 +92,17 @@ def _result(request: Request, job: Job) -> ResultResponse:
     return ResultResponse(**fields, input=job.input)
 
 
-def _own_job(request: Request, request_id: str, key_id: str) -> Job:
+def _issued_url(request: Request, key: str) -> str:
+    # Always the API's signed /files/ URL, even over S3: workers read it straight from
+    # storage (resolve_issued_url), never over the network to a possibly private bucket.
+    return base_url(request) + _services(request).signer.signed_path(key)
+
+
+def _own_job(request: Request, request_id: str, key_id: str, *, status_only: bool = False) -> Job:
+    """This key's job; with `status_only`, without its input and outputs (see JobStore.get_status)."""
     services = _services(request)
-    job = services.store.get(request_id, key_id=key_id)
+    store = services.store
+    job = store.get_status(request_id, key_id) if status_only else store.get(request_id, key_id=key_id)
     if job is None:
         services.guesses.miss(key_id, request_id)
         raise NotFound(f"No request {request_id!r} for this API key.")
@@ -150,10 +159,19 @@ def submit(
             f"{model_id} takes at most {limit} reference images; {len(body.image_urls)} were given.",
             field="image_urls",
         )
+    edit_input = body.model_dump(mode="json", exclude_none=True)
+    edit_input["image_urls"] = store_inline_images(
+        body.image_urls,
+        key_id=key_id,
+        storage=services.storage,
+        max_bytes=services.settings.max_image_bytes,
+        url_for=lambda key: _issued_url(request, key),
+    )
+    del body  # the data: URIs it may hold are stored now; only their URLs go on
     job = services.store.submit(
         key_id,
         model_id,
-        body.model_dump(mode="json", exclude_none=True),
+        edit_input,
         max_queued=services.settings.max_queued_per_model,
         idempotency_key=idempotency_key,
     )
@@ -176,7 +194,7 @@ def list_requests(
 
 @router.get("/v1/requests/{request_id}/status", response_model=StatusResponse, tags=["requests"], responses=ERRORS)
 def status(request: Request, request_id: str, key_id: KeyId) -> StatusResponse:
-    return StatusResponse(**_status_fields(request, _own_job(request, request_id, key_id)))
+    return StatusResponse(**_status_fields(request, _own_job(request, request_id, key_id, status_only=True)))
 
 
 @router.get("/v1/requests/{request_id}/result", response_model=ResultResponse, tags=["requests"], responses=ERRORS)
@@ -211,9 +229,7 @@ def upload(request: Request, file: UploadFile, key_id: KeyId) -> FileUploadRespo
     key = f"uploads/{key_id}/{uuid.uuid4().hex}.{ext}"
     services.storage.put(key, data, content_type)
     return FileUploadResponse(
-        # Always the API's signed /files/ URL, even over S3: workers read it straight from
-        # storage (resolve_issued_url), never over the network to a possibly private bucket.
-        url=base_url(request) + services.signer.signed_path(key),
+        url=_issued_url(request, key),
         content_type=content_type,
         size=len(data),
         expires_at=datetime.now(UTC) + timedelta(seconds=services.settings.url_expiry_s),
