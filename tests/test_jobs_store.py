@@ -166,6 +166,26 @@ def test_idempotency_key_returns_the_same_job(job_store: JobStore) -> None:
     assert job_store.submit("key-a", MODEL, edit_input(), max_queued=1, idempotency_key="req-1").id == first.id
 
 
+def test_an_idempotent_replay_of_a_re_signed_file_url_is_the_same_request(job_store: JobStore) -> None:
+    def with_file(path: str, expires: int, sig: str) -> dict:
+        return {"prompt": "p", "image_urls": [f"http://h/files/uploads/k/{path}?expires={expires}&sig={sig}"]}
+
+    first = job_store.submit("key-a", MODEL, with_file("a.png", 1, "x"), max_queued=10, idempotency_key="f")
+    again = job_store.submit("key-a", MODEL, with_file("a.png", 2, "y"), max_queued=10, idempotency_key="f")
+    assert again.id == first.id
+    with pytest.raises(IdempotencyConflict):
+        job_store.submit("key-a", MODEL, with_file("b.png", 2, "y"), max_queued=10, idempotency_key="f")
+
+
+def test_a_status_read_leaves_the_input_and_outputs_out(job_store: JobStore) -> None:
+    big = {"prompt": "p", "image_urls": ["https://example.com/" + "x" * 100_000]}
+    job = job_store.submit("key-a", MODEL, big, max_queued=10)
+    status = job_store.get_status(job.id, "key-a")
+    assert (status.id, status.seq, status.state, status.created_at) == (job.id, job.seq, job.state, job.created_at)
+    assert status.input == {} and status.outputs == []
+    assert job_store.get_status(job.id, "key-b") is None
+
+
 def test_jobs_are_visible_only_to_their_key(job_store: JobStore) -> None:
     job_id = submit(job_store, key="key-a")
     assert job_store.get(job_id, "key-a").id == job_id

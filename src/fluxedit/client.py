@@ -73,8 +73,10 @@ class Client:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
+        # The key goes on each request to the API's own origin only, never as a client-wide
+        # header: output URLs may point elsewhere (a presigned bucket URL), as may redirects.
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport)
 
     def __enter__(self) -> Client:
         return self
@@ -168,7 +170,12 @@ class Client:
             interval = min(max_interval, interval * 1.5)
 
     def download(self, url: str) -> OutputImage:
-        response = self._http.get(url)
+        """Fetch an output image; the API key is sent only when `url` is on the API's own origin."""
+        headers = self._auth if _origin(httpx.URL(url)) == _origin(self._http.base_url) else None
+        try:
+            response = self._http.get(url, headers=headers)
+        except httpx.HTTPError as exc:
+            raise APIError(f"Could not download {url.split('?', 1)[0]}: {exc}", code="unreachable") from None
         if response.status_code != 200:
             self._raise(response)
         return OutputImage(url=url, data=response.content, content_type=response.headers.get("content-type", ""))
@@ -190,9 +197,9 @@ class Client:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, **kwargs) -> dict:
+    def _call(self, method: str, path: str, *, headers: dict | None = None, **kwargs) -> dict:
         try:
-            response = self._http.request(method, path, **kwargs)
+            response = self._http.request(method, path, headers={**self._auth, **(headers or {})}, **kwargs)
         except httpx.HTTPError as exc:
             raise APIError(f"Could not reach {self._http.base_url}: {exc}", code="unreachable") from None
         if response.status_code >= 400:
@@ -212,3 +219,9 @@ class Client:
             index=error.get("index"),
             status=response.status_code,
         )
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in, as browsers compare origins."""
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host, url.port or default

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
         0.1, gt=0, le=5, description="How often a status stream or a `Prefer: wait` reads its job's row."
     )
     max_streams_per_key: int = Field(8, ge=1, description="Open status streams per API key and API process.")
+    max_unknown_ids_per_minute: int = Field(
+        30, ge=1, description="Lookups of request ids a key does not have, per key and minute; more answer 429."
+    )
 
     # --- inputs ----------------------------------------------------------------
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1024)

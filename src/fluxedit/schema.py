@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from fluxedit import sizes
+from fluxedit import image_url, sizes
 from fluxedit.errors import InvalidInput
 from fluxedit.jobs.state import JobState  # the wire models report it; it is defined with the jobs
 
 MAX_REFERENCES = 10
 MAX_PROMPT_CHARS = 10_000
-MAX_URL_CHARS = 8_192
-MAX_CUSTOM_SIDE = 65_536  # the area bound (4 MP) is the real limit; this only bounds the numbers
-# A data: URI carries the image itself: bounded here, the decoder enforces the byte cap.
-MAX_DATA_URI_CHARS = 70 * 1024 * 1024
+# The longest side the area bound allows: the other side at its minimum (4 MP / 64 = 65536).
+MAX_CUSTOM_SIDE = sizes.MAX_PIXELS // sizes.MIN_SIDE
+JPEG_MAX_SIDE = 65_535  # JPEG stores each side in 16 bits
 
 ImageSizeName = Literal[
     "auto", "square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"
@@ -52,23 +63,14 @@ ImageSize = Annotated[
 ]
 
 
-def _image_url_problem(url: str) -> str | None:
-    """Why `url` cannot be a reference, or None when its form is fine (fetching comes later)."""
-    lower = url[:16].lower()
-    if lower.startswith("data:"):
-        if len(url) > MAX_DATA_URI_CHARS:
-            return "data: URI is larger than the 50 MB image limit"
-        if not lower.startswith("data:image/") or ";base64," not in url[:200]:
-            return "data: URI must be a base64 image (data:image/...;base64,...)"
-        return None
-    if len(url) > MAX_URL_CHARS:
-        return f"URL is longer than {MAX_URL_CHARS} characters"
-    if not (lower.startswith("http://") or lower.startswith("https://")):
-        scheme = url.split(":", 1)[0] if ":" in url else url[:20]
-        return (
-            f"scheme {scheme!r} is not allowed; use an https:// or http:// URL, a data: URI or an uploaded file's URL"
-        )
-    return None
+# The OpenAPI document states each rule the validators apply (the validators give the sentences).
+ImageURL = Annotated[
+    str,
+    WithJsonSchema({"type": "string", "maxLength": image_url.MAX_DATA_URI_CHARS, "pattern": image_url.PATTERN}),
+]
+# Whitespace as str.strip() and ECMA-262's \s both see it, spelled out so that both read it alike.
+_SPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+NOT_BLANK = f"[^{_SPACE}]"
 
 
 class EditInput(BaseModel):
@@ -78,8 +80,14 @@ class EditInput(BaseModel):
     # e.g. sync_mode) work unchanged.
     model_config = ConfigDict(extra="ignore")
 
-    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, description="What to do with the references.")
-    image_urls: list[str] = Field(
+    prompt: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description="What to do with the references; not blank.",
+        json_schema_extra={"pattern": NOT_BLANK},
+    )
+    image_urls: list[ImageURL] = Field(
         ...,
         min_length=1,
         max_length=MAX_REFERENCES,
@@ -96,6 +104,7 @@ class EditInput(BaseModel):
                 "multiple": sizes.MULTIPLE,
                 "min_side": sizes.MIN_SIDE,
                 "max_side": MAX_CUSTOM_SIDE,
+                "max_side_jpeg": JPEG_MAX_SIDE,
                 "max_pixels": sizes.MAX_PIXELS,
                 "auto_pixels": sizes.AUTO_PIXELS,
             },
@@ -112,7 +121,7 @@ class EditInput(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
+        if re.search(NOT_BLANK, value) is None:
             raise ValueError("prompt must not be blank")
         return value
 
@@ -130,10 +139,29 @@ class EditInput(BaseModel):
     @classmethod
     def _urls_have_allowed_form(cls, urls: list[str]) -> list[str]:
         for index, url in enumerate(urls):
-            problem = _image_url_problem(url)
+            problem = image_url.problem(url)
             if problem:
                 raise ValueError(f"image_urls[{index}]: {problem}")
         return urls
+
+    @model_validator(mode="after")
+    def _fits_the_output_format(self) -> EditInput:
+        size = self.image_size
+        if self.output_format != "jpeg" or not isinstance(size, CustomImageSize):
+            return self
+        width, height = sizes.custom_size(size.width, size.height)
+        if max(width, height) <= JPEG_MAX_SIDE:
+            return self
+        # Raised as a ValidationError so that the answer names image_size, not the whole input.
+        problem = PydanticCustomError(
+            "jpeg_side",
+            "{width}x{height} is too large for JPEG output, which holds at most {limit} pixels a side; "
+            'ask for "output_format": "png" or a smaller size',
+            {"width": width, "height": height, "limit": JPEG_MAX_SIDE},
+        )
+        raise ValidationError.from_exception_data(
+            "EditInput", [InitErrorDetails(type=problem, loc=("image_size",), input=size.model_dump())]
+        )
 
     def output_size(self, first_reference: tuple[int, int]) -> tuple[int, int]:
         size = self.image_size

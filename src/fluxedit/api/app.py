@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from fluxedit import __version__
 from fluxedit.api.errors import install_error_handlers
 from fluxedit.api.events import StreamSlots
+from fluxedit.api.guesses import GuessLimit
 from fluxedit.api.limits import BodySizeLimit
 from fluxedit.api.routes import router
 from fluxedit.jobs.periodic import Periodic
@@ -43,6 +44,7 @@ def create_app(runtime: Runtime, *, allow_unauthenticated: bool = False) -> Fast
     app.state.runtime = runtime
     app.state.allow_unauthenticated = allow_unauthenticated
     app.state.stream_slots = StreamSlots(runtime.settings.max_streams_per_key)
+    app.state.guesses = GuessLimit(runtime.settings.max_unknown_ids_per_minute)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_request_bytes)
     app.include_router(router)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import uuid
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -10,15 +9,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
-from PIL import Image, UnidentifiedImageError
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from fluxedit.api.auth import require_key
 from fluxedit.api.deps import RuntimeDep
 from fluxedit.api.events import stream_response, wait_seconds, wait_until_finished
+from fluxedit.api.inline import store_inline_images
 from fluxedit.errors import FluxeditError, InvalidInput, NotFound
-from fluxedit.images.formats import IMAGE_TYPES
+from fluxedit.images.sniff import sniff_upload
 from fluxedit.jobs.store import Job
 from fluxedit.runtime import Runtime
 from fluxedit.schema import (
@@ -42,7 +41,6 @@ from fluxedit.storage import guess_content_type
 router = APIRouter()
 KeyId = Annotated[str, Depends(require_key)]
 ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422, 429, 503)}
-UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP")
 
 
 def base_url(request: Request) -> str:
@@ -89,9 +87,18 @@ def _result(request: Request, runtime: Runtime, job: Job) -> ResultResponse:
     return ResultResponse(**fields, input=job.input)
 
 
-def _own_job(runtime: Runtime, request_id: str, key_id: str) -> Job:
-    job = runtime.store.get(request_id, key_id=key_id)
+def _issued_url(request: Request, key: str) -> str:
+    # Always the API's signed /files/ URL, even over S3: workers read it straight from
+    # storage (resolve_issued_url), never over the network to a possibly private bucket.
+    return base_url(request) + request.app.state.runtime.signer.signed_path(key)
+
+
+def _own_job(request: Request, request_id: str, key_id: str, *, status_only: bool = False) -> Job:
+    """This key's job; with `status_only`, without its input and outputs (see JobStore.get_status)."""
+    store = request.app.state.runtime.store
+    job = store.get_status(request_id, key_id) if status_only else store.get(request_id, key_id=key_id)
     if job is None:
+        request.app.state.guesses.miss(key_id, request_id)
         raise NotFound(f"No request {request_id!r} for this API key.")
     return job
 
@@ -140,7 +147,7 @@ async def submit(
 ) -> SubmitResponse | ResultResponse:
     """Queue an edit. Answers at once with the URLs to poll; with `Prefer: wait=N`, with the result
     body if the job ends within N seconds (and `Preference-Applied: wait=N`)."""
-    job = await run_in_threadpool(queue_job, runtime, model_id, body, key_id, idempotency_key)
+    job = await run_in_threadpool(queue_job, request, model_id, body, key_id, idempotency_key)
     seconds = wait_seconds(prefer)
     if seconds is not None:
         job = await wait_until_finished(runtime, job, seconds)
@@ -162,10 +169,19 @@ def queue_job(runtime: Runtime, model_id: str, body: EditInput, key_id: str, ide
             f"{model_id} takes at most {limit} reference images; {len(body.image_urls)} were given.",
             field="image_urls",
         )
+    edit_input = body.model_dump(mode="json", exclude_none=True)
+    edit_input["image_urls"] = store_inline_images(
+        body.image_urls,
+        key_id=key_id,
+        storage=runtime.storage,
+        max_bytes=runtime.settings.max_image_bytes,
+        url_for=lambda key: _issued_url(request, key),
+    )
+    del body  # the data: URIs it may hold are stored now; only their URLs go on
     job = runtime.store.submit(
         key_id,
         model_id,
-        body.model_dump(mode="json", exclude_none=True),
+        edit_input,
         max_queued=runtime.settings.max_queued_per_model,
         idempotency_key=idempotency_key,
     )
@@ -189,13 +205,13 @@ def list_requests(
 
 @router.get("/v1/requests/{request_id}/status", response_model=StatusResponse, tags=["requests"], responses=ERRORS)
 def status(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId) -> StatusResponse:
-    return StatusResponse(**_status_fields(request, runtime, _own_job(runtime, request_id, key_id)))
+    return StatusResponse(**_status_fields(request, runtime, _own_job(request, request_id, key_id, status_only=True)))
 
 
 @router.get("/v1/requests/{request_id}/result", response_model=ResultResponse, tags=["requests"], responses=ERRORS)
 def result(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId) -> ResultResponse:
     """The outputs once completed; before that, the status body, so clients keep polling."""
-    return _result(request, runtime, _own_job(runtime, request_id, key_id))
+    return _result(request, runtime, _own_job(request, request_id, key_id))
 
 
 @router.get(
@@ -207,7 +223,7 @@ def result(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId
 def stream(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId) -> EventSourceResponse:
     """Server-sent events: `status` with the status body at once and at each change of state or step,
     then `result` with the result body when the job ends. Resumes after `Last-Event-ID`."""
-    job = _own_job(runtime, request_id, key_id)
+    job = _own_job(request, request_id, key_id)
     slots = request.app.state.stream_slots
     return stream_response(request, runtime, job, lambda current: _result(request, runtime, current), slots)
 
@@ -215,7 +231,11 @@ def stream(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId
 @router.post("/v1/requests/{request_id}/cancel", response_model=StatusResponse, tags=["requests"], responses=ERRORS)
 def cancel(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId) -> StatusResponse:
     """Queued: cancelled at once. Running: stops at its next denoising step. Finished: 409."""
-    job = runtime.store.cancel(request_id, key_id)  # 404 (NotFound) when not this key's
+    try:
+        job = runtime.store.cancel(request_id, key_id)
+    except NotFound:  # not this key's, or no such id
+        request.app.state.guesses.miss(key_id, request_id)
+        raise
     return StatusResponse(**_status_fields(request, runtime, job))
 
 
@@ -228,32 +248,15 @@ def upload(request: Request, runtime: RuntimeDep, file: UploadFile, key_id: KeyI
         raise FluxeditError(
             f"The upload is larger than the {cap // (1024 * 1024)} MB limit.", code="payload_too_large", status=413
         )
-    content_type, ext = _sniff_image(data)
+    content_type, ext = sniff_upload(data, max_pixels=runtime.settings.max_image_pixels)
     key = f"uploads/{key_id}/{uuid.uuid4().hex}.{ext}"
     runtime.storage.put(key, data, content_type)
     return FileUploadResponse(
-        # Always the API's signed /files/ URL, even over S3: workers read it straight from
-        # storage (resolve_issued_url), never over the network to a possibly private bucket.
-        url=base_url(request) + runtime.signer.signed_path(key),
+        url=_issued_url(request, key),
         content_type=content_type,
         size=len(data),
         expires_at=datetime.now(UTC) + timedelta(seconds=runtime.settings.url_expiry_s),
     )
-
-
-def _sniff_image(data: bytes) -> tuple[str, str]:
-    """(content type, extension) of an upload, from its header only; 422 if not an image we take."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            kind = image.format
-    except (UnidentifiedImageError, OSError):
-        kind = None
-    if kind not in UPLOAD_FORMATS:
-        raise FluxeditError(
-            "The upload is not a JPEG, PNG or WebP image.", code="input_not_image", status=422, field="file"
-        )
-    image_type = IMAGE_TYPES[kind.lower()]
-    return image_type.content_type, image_type.extension
 
 
 @router.get("/files/{key:path}", include_in_schema=False)
@@ -265,4 +268,5 @@ def serve_file(runtime: RuntimeDep, key: str, expires: int = 0, sig: str = "") -
         data = runtime.storage.get(key)
     except FileNotFoundError:
         raise NotFound("This file has expired and was removed.") from None
-    return Response(data, media_type=guess_content_type(key), headers={"Cache-Control": "private, max-age=3600"})
+    headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+    return Response(data, media_type=guess_content_type(key), headers=headers)

@@ -23,7 +23,7 @@ from PIL import ExifTags, Image, ImageCms, ImageOps
 
 from fluxedit.errors import ImageInputError
 
-__all__ = ["Reference", "decode_reference", "encode_image", "ACCEPTED_FORMATS"]
+__all__ = ["Reference", "decode_reference", "encode_image", "open_header", "check_pixels", "ACCEPTED_FORMATS"]
 
 # Raster formats people send as references. Restricting Pillow's plugins keeps
 # obscure parsers (and EPS, which would run Ghostscript) away from untrusted bytes.
@@ -62,9 +62,10 @@ def decode_reference(
     unsupported format), `input_too_large` (more than `max_pixels` pixels) or
     `input_invalid` (a side under 64 px, aspect ratio over 8:1).
     """
-    image = _open(data, index)
+    image = open_header(data, index=index, max_pixels=max_pixels)
     width, height = image.size
-    _check_header_size(width, height, index=index, max_pixels=max_pixels)
+    check_pixels(width, height, index=index, max_pixels=max_pixels)
+    _check_shape(width, height, index=index)
 
     # The size a person sees (EXIF orientation applied), before any resize or crop:
     # "auto" output sizes follow its aspect ratio, not the cropped one.
@@ -123,17 +124,17 @@ def _too_large(index: int | None, why: str) -> ImageInputError:
     return ImageInputError(f"{_label(index)} is too large: {why}", code="input_too_large", index=index)
 
 
-def _open(data: bytes, index: int | None) -> Image.Image:
-    """Read the header only; pixels are decoded later, on load."""
+def open_header(data: bytes, *, index: int | None = None, max_pixels: int = 64_000_000) -> Image.Image:
+    """Read the header only (pixels are decoded later, on load); ImageInputError if it is no image we take."""
     if not data:
         raise _not_image(index, "it is empty")
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow's own limit (global MAX_IMAGE_PIXELS, which we leave alone) can fire
-        # first for absurd headers; a warning only arrives here if the host
-        # application turned warnings into errors.
-        raise _too_large(index, f"{exc}") from exc
+        # Pillow's own limit (global MAX_IMAGE_PIXELS, which we leave alone) fires first
+        # for absurd headers, before the size is known here; a warning only arrives here
+        # if the host application turned warnings into errors.
+        raise _too_large(index, f"{exc} At most {max_pixels:,} pixels are accepted.") from exc
     except Image.UnidentifiedImageError as exc:
         raise _not_image(
             index,
@@ -146,12 +147,16 @@ def _open(data: bytes, index: int | None) -> Image.Image:
     return image
 
 
-def _check_header_size(width: int, height: int, *, index: int | None, max_pixels: int) -> None:
+def check_pixels(width: int, height: int, *, index: int | None = None, max_pixels: int) -> None:
+    """Refuse (input_too_large) a header size of more than `max_pixels` pixels."""
     if width * height > max_pixels:
         raise _too_large(
             index,
             f"{width}x{height} is {width * height:,} pixels; at most {max_pixels:,} pixels are accepted.",
         )
+
+
+def _check_shape(width: int, height: int, *, index: int | None) -> None:
     if min(width, height) < MIN_SIDE:
         raise ImageInputError(
             f"{_label(index)} is {width}x{height} pixels; each side must be at least {MIN_SIDE} pixels.",

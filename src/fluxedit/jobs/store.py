@@ -30,6 +30,7 @@ from fluxedit.errors import InvalidInput, NotFound
 from fluxedit.jobs.db import Database, jobs_table, utc_now
 from fluxedit.jobs.errors import IdempotencyConflict, JobConflict, LeaseLost, QueueFull
 from fluxedit.jobs.state import JobState
+from fluxedit.storage.signing import without_signatures
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,11 @@ class Job:
     idempotency_key: str | None = None
 
     @classmethod
-    def from_row(cls, row: sa.Row) -> Job:
-        values = dict(row._mapping)
+    def from_row(cls, row: sa.Row, **missing: Any) -> Job:
+        values = {**missing, **row._mapping}
         values["state"] = JobState(values["state"])
         values["cancel_requested"] = bool(values["cancel_requested"])
-        values["outputs"] = list(values["outputs"] or [])
+        values["outputs"] = list(values.get("outputs") or [])
         return cls(**values)
 
 
@@ -93,6 +94,7 @@ def _decode_cursor(cursor: str) -> int:
 
 
 _J = jobs_table.c
+_STATUS_COLUMNS = [column for column in jobs_table.c if column.name not in ("input", "outputs", "timings")]
 _CLAIM_RETRIES = 20
 
 
@@ -164,7 +166,7 @@ class JobStore(Database):
 
     @staticmethod
     def _same_request(job: Job, model_id: str, input: dict) -> Job:
-        if job.model_id != model_id or job.input != input:
+        if job.model_id != model_id or without_signatures(job.input) != without_signatures(input):
             raise IdempotencyConflict(
                 f"Idempotency key {job.idempotency_key!r} was already used for a different request "
                 f"(job {job.id}); use a new key for a new request."
@@ -193,6 +195,14 @@ class JobStore(Database):
         with self._read() as conn:
             row = conn.execute(query).one_or_none()
         return Job.from_row(row) if row else None
+
+    def get_status(self, job_id: str, key_id: str) -> Job | None:
+        """This key's job as a status answer needs it: its input and outputs (which may be
+        large) are not read, and are left empty."""
+        query = sa.select(*_STATUS_COLUMNS).where(_J.id == job_id, _J.key_id == key_id)
+        with self._read() as conn:
+            row = conn.execute(query).one_or_none()
+        return Job.from_row(row, input={}) if row else None
 
     def list_jobs(self, key_id: str, limit: int = 20, cursor: str | None = None) -> tuple[list[Job], str | None]:
         """This key's jobs, newest first; pass the returned cursor to get the next page (None: no more)."""

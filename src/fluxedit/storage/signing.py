@@ -9,11 +9,13 @@ import os
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from fluxedit.config import Settings
 
 FILES_PREFIX = "/files/"
+MAX_SIGNED_URL_CHARS = 8_192  # longer strings (a data: URI) are no URL this server signed
 SECRET_FILE = "secret.key"
 
 
@@ -53,6 +55,21 @@ class UrlSigner:
     def verify(self, key: str, expires: int, sig: str) -> bool:
         """True when the signature matches and `expires` is not past."""
         return self.signature_matches(key, expires, sig) and expires >= time.time()
+
+
+def without_signatures(value: Any) -> Any:
+    """`value` (a job input) with the expiry and signature of each signed /files/ URL left out.
+
+    The same file named again gets a fresh expiry and signature; an idempotent replay
+    must still compare equal to the request it repeats.
+    """
+    if isinstance(value, dict):
+        return {name: without_signatures(item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [without_signatures(item) for item in value]
+    if isinstance(value, str) and len(value) <= MAX_SIGNED_URL_CHARS and FILES_PREFIX in value and "&sig=" in value:
+        return value.split("?", 1)[0]
+    return value
 
 
 def load_secret(settings: Settings) -> bytes:
