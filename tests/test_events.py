@@ -48,6 +48,8 @@ def read_stream(server, request_id: str, *, last_event_id: str | None = None, st
         with connect_sse(http, "GET", f"/v1/requests/{request_id}/stream", headers=headers) as source:
             assert source.response.headers["content-type"].startswith("text/event-stream")
             for event in source.iter_sse():
+                if event.event not in ("status", "result"):
+                    continue  # the keep-alive comment every 15 s
                 events.append(event)
                 if stop_after and stop_after(event):
                     break
@@ -56,6 +58,7 @@ def read_stream(server, request_id: str, *, last_event_id: str | None = None, st
 
 def test_stream_shows_queue_steps_and_result_then_closes(server, image_server) -> None:
     running = submit(server, body(image_server, steps=30)).json()["request_id"]
+    server.wait_for(running, {"in_progress"})
     queued = submit(server, body(image_server, steps=4)).json()["request_id"]
 
     events = read_stream(server, queued)

@@ -122,7 +122,7 @@ class Client:
 
     def stream(self, request_id: str, *, last_event_id: str | None = None) -> Iterator[ResultResponse]:
         """The request's status as it changes (server-sent events), ending with its result."""
-        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        headers = {**self._auth, **({"Last-Event-ID": last_event_id} if last_event_id else {})}
         # Reads wait for the next event; the server sends a keep-alive comment every 15 s.
         timeout = httpx.Timeout(self._http.timeout.connect, read=60.0)
         path = f"/v1/requests/{request_id}/stream"

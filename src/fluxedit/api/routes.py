@@ -157,8 +157,12 @@ async def submit(
     return SubmitResponse(request_id=job.id, status=job.state, **_urls(request, job.id))
 
 
-def queue_job(runtime: Runtime, model_id: str, body: EditInput, key_id: str, idempotency_key: str | None) -> Job:
-    """Check the request against its model and queue it; the dispatcher hears of it at once."""
+def queue_job(request: Request, model_id: str, body: EditInput, key_id: str, idempotency_key: str | None) -> Job:
+    """Check the request against its model and queue it; the dispatcher hears of it at once.
+
+    Inline data: images are stored now, like uploads: the job keeps only their signed URLs.
+    """
+    runtime: Runtime = request.app.state.runtime
     model = runtime.models.get(model_id)
     if model is None:
         served = ", ".join(sorted(runtime.models))
