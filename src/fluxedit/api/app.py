@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from fluxedit import __version__
+from fluxedit.api.docs import install_docs
 from fluxedit.api.errors import install_error_handlers
 from fluxedit.api.limits import BodySizeLimit
 from fluxedit.api.routes import router
@@ -100,11 +101,14 @@ def create_app(services: Services) -> FastAPI:
         version=__version__,
         summary="Multi-reference image editing with FLUX.2: the hosted async model API, self-hosted.",
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves /docs from local assets; ReDoc would need a CDN
+        redoc_url=None,
     )
     app.state.services = services
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=services.settings.max_request_bytes)
     app.include_router(router)
+    install_docs(app)
     playground = resources.files("fluxedit.api") / "playground"
     app.mount("/playground", StaticFiles(directory=str(playground)), name="playground")
     return app
