@@ -108,8 +108,13 @@ def playground() -> HTMLResponse:
 
 @router.get("/healthz", tags=["ops"])
 def healthz(request: Request) -> dict:
+    """Liveness, and whether /v1 needs a key ("auth": "key" | "none"), so a client can tell before a 401."""
     services = _services(request)
-    return {"ok": True, "models": {m.id: m.engine.loaded for m in services.models.values()}}
+    return {
+        "ok": True,
+        "auth": "none" if services.allow_unauthenticated else "key",
+        "models": {m.id: m.engine.loaded for m in services.models.values()},
+    }
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"], responses=ERRORS)
