@@ -101,7 +101,7 @@ def create_app(services: Services) -> FastAPI:
         version=__version__,
         summary="Multi-reference image editing with FLUX.2: the hosted async model API, self-hosted.",
         lifespan=lifespan,
-        docs_url=None,  # install_docs serves /docs from local assets; ReDoc would need a CDN
+        docs_url=None,  # install_docs serves /docs and /redoc from local assets instead
         redoc_url=None,
     )
     app.state.services = services

@@ -1,36 +1,53 @@
-"""The API docs page (/docs): Swagger UI from the installed swagger-ui-bundle package, so it
-works offline; FastAPI's default page loads its JS and CSS from a CDN."""
+"""The API docs pages, /docs (Swagger UI) and /redoc, served with the JS and CSS that the
+fastapi-offline package ships, so they work offline; FastAPI's own pages load them from a CDN.
+(Swagger UI 5 is needed: 4.x cannot read the OpenAPI 3.1 schema that FastAPI writes.)"""
 
 from __future__ import annotations
 
+from importlib import resources
+
 from fastapi import FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
 
 ASSETS = "/docs-assets"
 OAUTH2_REDIRECT = "/docs/oauth2-redirect"
 
 
 def install_docs(app: FastAPI) -> None:
-    """Serve /docs with local assets. Create the app with docs_url=None and redoc_url=None."""
-    app.mount(ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+    """Serve /docs and /redoc from local assets. Create the app with docs_url=None and redoc_url=None."""
+    static = resources.files("fastapi_offline") / "static"
+    app.mount(ASSETS, StaticFiles(directory=str(static)), name="docs-assets")
+
+    def root(request: Request) -> str:
+        return request.scope.get("root_path", "").rstrip("/")  # behind a proxy that strips a prefix
 
     @app.get("/docs", include_in_schema=False)
-    def docs(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "").rstrip("/")  # behind a proxy that strips a prefix
+    def swagger_ui(request: Request) -> HTMLResponse:
+        base = root(request)
         return get_swagger_ui_html(
-            openapi_url=root + app.openapi_url,
+            openapi_url=base + app.openapi_url,
             title=f"{app.title}: API docs",
-            swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{ASSETS}/favicon-32x32.png",
-            oauth2_redirect_url=root + OAUTH2_REDIRECT,
-            # Swagger UI would otherwise ask validator.swagger.io to check the schema.
+            swagger_js_url=f"{base}{ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{base}{ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{base}{ASSETS}/favicon.png",
+            oauth2_redirect_url=base + OAUTH2_REDIRECT,
+            # Swagger UI would otherwise send the schema to validator.swagger.io for a badge.
             swagger_ui_parameters={"validatorUrl": None},
         )
 
     @app.get(OAUTH2_REDIRECT, include_in_schema=False)
-    def oauth2_redirect() -> HTMLResponse:
+    def swagger_ui_oauth2_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        base = root(request)
+        return get_redoc_html(
+            openapi_url=base + app.openapi_url,
+            title=f"{app.title}: API reference",
+            redoc_js_url=f"{base}{ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{base}{ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
