@@ -40,7 +40,12 @@ def json_lines(text: str) -> list[dict]:
 def test_readme_curl_flow_runs_as_written(start_server) -> None:
     server = start_server("--model", "tiny")
     assert server.api_key, "fluxedit serve printed no first key"
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(server.data_dir), "BASE": server.base_url, "KEY": server.api_key}
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(server.data_dir),
+        "BASE": server.base_url,
+        "KEY": server.api_key,
+    }
     ran = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", curl_flow()], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
     )

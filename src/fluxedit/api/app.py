@@ -101,8 +101,8 @@ def create_app(services: Services) -> FastAPI:
         version=__version__,
         summary="Multi-reference image editing with FLUX.2: the hosted async model API, self-hosted.",
         lifespan=lifespan,
-        docs_url=None,  # install_docs serves /docs and /redoc from local assets instead
-        redoc_url=None,
+        docs_url=None,  # install_docs serves /docs from local assets instead
+        redoc_url=None,  # ReDoc loads its logo from a CDN
     )
     app.state.services = services
     install_error_handlers(app)

@@ -1,13 +1,14 @@
-"""The API docs pages, /docs (Swagger UI) and /redoc, served with the JS and CSS that the
-fastapi-offline package ships, so they work offline; FastAPI's own pages load them from a CDN.
-(Swagger UI 5 is needed: 4.x cannot read the OpenAPI 3.1 schema that FastAPI writes.)"""
+"""The API docs page, /docs (Swagger UI), served with the JS and CSS that the fastapi-offline
+package ships, so it works offline; FastAPI's own page loads them from a CDN. (Swagger UI 5 is
+needed: 4.x cannot read the OpenAPI 3.1 schema that FastAPI writes.) There is no /redoc: ReDoc
+loads its logo from its CDN whatever the page says."""
 
 from __future__ import annotations
 
 from importlib import resources
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -16,7 +17,7 @@ OAUTH2_REDIRECT = "/docs/oauth2-redirect"
 
 
 def install_docs(app: FastAPI) -> None:
-    """Serve /docs and /redoc from local assets. Create the app with docs_url=None and redoc_url=None."""
+    """Serve /docs from local assets. Create the app with docs_url=None and redoc_url=None."""
     static = resources.files("fastapi_offline") / "static"
     app.mount(ASSETS, StaticFiles(directory=str(static)), name="docs-assets")
 
@@ -40,14 +41,3 @@ def install_docs(app: FastAPI) -> None:
     @app.get(OAUTH2_REDIRECT, include_in_schema=False)
     def swagger_ui_oauth2_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
-
-    @app.get("/redoc", include_in_schema=False)
-    def redoc(request: Request) -> HTMLResponse:
-        base = root(request)
-        return get_redoc_html(
-            openapi_url=base + app.openapi_url,
-            title=f"{app.title}: API reference",
-            redoc_js_url=f"{base}{ASSETS}/redoc.standalone.js",
-            redoc_favicon_url=f"{base}{ASSETS}/favicon.png",
-            with_google_fonts=False,
-        )

@@ -367,7 +367,7 @@ class Playground {
 
   runFinished(status, input) {
     if (status.status === "failed") {
-      this.announce(`Request ${status.request_id} failed: ${status.error?.message || ""}`);
+      this.announce(`Request ${status.request_id} failed: ${forPeople(status.error?.message)}`);
       const sameReferences = input && JSON.stringify(input.image_urls) === JSON.stringify(this.refs.urls());
       if (status.error?.index != null && sameReferences) this.refs.markError(status.error.index, status.error.message);
       else this.result.showState(status);
