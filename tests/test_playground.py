@@ -8,45 +8,26 @@ import os
 import re
 import subprocess
 import sys
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
 
+from _fixtures_playground import (
+    DESKTOP,
+    PHONE,
+    WAIT_MS,
+    add_url,
+    open_with_key,
+    pick_size,
+    references,
+    wait_for_models,
+)
 from _fixtures_server import SRC
 
 pytestmark = pytest.mark.browser
-
-WAIT_MS = 120_000  # a job on a busy 2-core machine; never a timing assertion, only a ceiling
-
-
-def open_with_key(page: Page, server, key: str | None = None) -> None:
-    """Open the root URL and paste the key, as a person would."""
-    page.goto(server.base_url + "/")
-    expect(page.get_by_role("heading", name="Edit")).to_be_visible()
-    page.get_by_label("API key", exact=True).fill(key or server.api_key)
-    page.get_by_role("button", name="Use key").click()
-    assert (key or server.api_key) not in page.url, "the key never goes into a URL"
-
-
-def wait_for_models(page: Page) -> None:
-    expect(page.locator("#key-message")).to_have_text("Key accepted; it is kept in this browser only.")
-    expect(page.locator("#model option[value='blackforestlabs/flux-2/klein-4b/edit']")).to_have_count(1)
-
-
-def references(page: Page):
-    return page.locator("#ref-list li.ref")
-
-
-def add_url(page: Page, url: str) -> None:
-    page.get_by_placeholder("…or paste an image URL (https://…)").fill(url)
-    page.get_by_role("button", name="Add URL").click()
-
-
-def pick_size(page: Page, value: str) -> None:
-    """Click the size card whose radio has `value` (e.g. landscape_4_3), as a person clicks it."""
-    page.locator(f"label.size-option:has(input[value='{value}'])").click()
 
 
 def drop_file(page: Page, selector: str, path) -> None:
@@ -414,3 +395,80 @@ def test_show_code_runs_as_shown(browser_page: Page, playground_server, picture_
     assert ran.returncode == 0, ran.stderr
     with Image.open(tmp_path / "edited.png") as picture:
         assert (picture.format, picture.size) == ("PNG", (512, 512))
+
+
+# --- a newcomer's first view ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["1280", "390"])
+def test_first_view_greets_and_says_where_a_key_comes_from(open_page, playground_server, viewport, artifacts_dir):
+    watched = open_page(playground_server, viewport)
+    page = watched.page
+    page.goto(playground_server.base_url + "/")
+    message = page.locator("#key-message")
+    expect(message).to_have_text(
+        "Paste your API key to start: fluxedit serve prints one the first time it starts, "
+        "and fluxedit keys create makes more."
+    )
+    expect(message).not_to_have_class(re.compile(r"\bbad\b"))
+    expect(page.get_by_label("API key", exact=True)).not_to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("API key", exact=True)).not_to_be_focused()
+    expect(page.locator("#history-message")).to_have_text("Your requests appear here once a key is in.")
+    page.wait_for_load_state("networkidle")
+    assert watched.console_errors == []
+    assert [(status, url) for status, url in watched.answers if status >= 400] == []
+    page.screenshot(path=str(artifacts_dir / f"first-view-{viewport['width']}.png"))
+
+    # The key, pasted, is all it takes.
+    page.get_by_label("API key", exact=True).fill(playground_server.api_key)
+    page.get_by_role("button", name="Use key").click()
+    wait_for_models(page)
+
+
+def test_a_no_auth_server_needs_no_key(open_page, no_auth_server, picture_server, artifacts_dir):
+    watched = open_page(no_auth_server)
+    page = watched.page
+    page.goto(no_auth_server.base_url + "/")
+    expect(page.locator("#auth-note")).to_have_text(
+        "No API key needed: this server was started with --no-auth on a loopback address."
+    )
+    expect(page.get_by_label("API key", exact=True)).to_be_hidden()
+    expect(page.locator("#model option[value='blackforestlabs/flux-2/klein-4b/edit']")).to_have_count(1)
+
+    page.get_by_label("Prompt", exact=True).fill("Make it night")
+    add_url(page, picture_server.url("field.jpg"))
+    pick_size(page, "square")
+    page.get_by_text("Advanced").click()
+    page.get_by_label("Steps", exact=True).fill("2")
+    page.get_by_role("button", name="Edit image").click()
+    expect(page.locator("#runs li.job .job-state").first).to_have_text("Completed", timeout=WAIT_MS)
+    expect(page.locator("#result .result-size")).to_have_text("512 × 512")
+    expect(page.locator("#history-list .history-item").first).to_contain_text("Make it night")
+    page.screenshot(path=str(artifacts_dir / "no-auth-1280.png"))
+    assert watched.console_errors == []
+    assert [url for status, url in watched.answers if status == 401] == []
+
+
+def test_api_docs_render_offline(open_page, playground_server, artifacts_dir):
+    watched = open_page(playground_server)
+    page = watched.page
+    base = playground_server.base_url
+    page.goto(base + "/")
+    page.get_by_role("link", name="API docs").click()
+    expect(page).to_have_url(base + "/docs")
+    for path in ("/v1/models/{model_id}", "/v1/requests/{request_id}/status", "/v1/files"):
+        expect(page.get_by_text(path, exact=True)).to_be_visible()
+    page.get_by_text("/v1/models/{model_id}", exact=True).click()  # an operation opens, with its schema
+    expect(page.get_by_text("EditInput").first).to_be_visible()
+    page.screenshot(path=str(artifacts_dir / "docs-1280.png"))
+
+    page.wait_for_load_state("networkidle")
+
+    elsewhere = [
+        url
+        for url in watched.requests
+        if urlsplit(url).scheme in ("http", "https") and urlsplit(url).hostname != "127.0.0.1"
+    ]
+    assert elsewhere == [], f"the docs page asked other hosts: {elsewhere}"
+    assert watched.console_errors == []
+    assert httpx.get(base + "/redoc").status_code == 404  # ReDoc, which would, is not offered

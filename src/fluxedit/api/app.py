@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from fluxedit import __version__
+from fluxedit.api.docs import install_docs
 from fluxedit.api.errors import install_error_handlers
 from fluxedit.api.events import StreamSlots
 from fluxedit.api.guesses import GuessLimit
@@ -40,6 +41,8 @@ def create_app(runtime: Runtime, *, allow_unauthenticated: bool = False) -> Fast
         version=__version__,
         summary="Multi-reference image editing with FLUX.2: the hosted async model API, self-hosted.",
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves /docs from local assets instead
+        redoc_url=None,  # ReDoc loads its logo from a CDN
     )
     app.state.runtime = runtime
     app.state.allow_unauthenticated = allow_unauthenticated
@@ -48,6 +51,7 @@ def create_app(runtime: Runtime, *, allow_unauthenticated: bool = False) -> Fast
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_request_bytes)
     app.include_router(router)
+    install_docs(app)
     playground = resources.files("fluxedit.api") / "playground"
     app.mount("/playground", StaticFiles(directory=str(playground)), name="playground")
     return app

@@ -110,8 +110,13 @@ def playground() -> HTMLResponse:
 
 
 @router.get("/healthz", tags=["ops"])
-def healthz(runtime: RuntimeDep) -> dict:
-    return {"ok": True, "models": {m.id: m.loaded for m in runtime.models.values()}}
+def healthz(request: Request, runtime: RuntimeDep) -> dict:
+    """Liveness, and whether /v1 needs a key ("auth": "key" | "none"), so a client can tell before a 401."""
+    return {
+        "ok": True,
+        "auth": "none" if request.app.state.allow_unauthenticated else "key",
+        "models": {m.id: m.loaded for m in runtime.models.values()},
+    }
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"], responses=ERRORS)

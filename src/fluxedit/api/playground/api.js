@@ -74,6 +74,11 @@ export class Api {
     return this.request("GET", "openapi.json");
   }
 
+  /** Liveness and the server's auth mode ("key" | "none"): asked first, so a page never starts with a 401. */
+  health() {
+    return this.request("GET", "healthz");
+  }
+
   models() {
     return this.request("GET", "v1/models");
   }

@@ -1,14 +1,16 @@
 // The playground: wires the form, the runs, the result and the history to the public API.
 
 import { Api } from "./api.js";
-import { $, isFinished } from "./dom.js";
+import { $, h, isFinished, reveal } from "./dom.js";
 import { History } from "./history.js";
 import { Run } from "./jobs.js";
+import { renderExamplePrompts } from "./prompts.js";
 import { References } from "./references.js";
 import { ResultView } from "./result.js";
 import { SizePicker } from "./sizepicker.js";
 import { setSizeRules } from "./sizes.js";
-import { curlSnippet, pythonSnippet } from "./snippets.js";
+import { SNIPPETS } from "./snippets.js";
+import { forPeople } from "./words.js";
 
 const KEY_STORAGE = "fluxedit.apiKey";
 const MODEL_STORAGE = "fluxedit.model";
@@ -40,8 +42,10 @@ function storedKey() {
 }
 
 class Playground {
-  constructor() {
-    this.key = storedKey();
+  /** @param {"key" | "none"} auth whether this server's API needs a key (from /healthz) */
+  constructor(auth) {
+    this.needsKey = auth !== "none";
+    this.key = this.needsKey ? storedKey() : "";
     this.api = new Api(new URL(".", document.baseURI), () => this.key);
     this.models = [];
     this.runs = new Map();
@@ -65,8 +69,14 @@ class Playground {
       },
     });
     this.history = new History({ api: this.api, root: $("#history"), onApiError, onSelect: (entry) => this.restore(entry) });
+    renderExamplePrompts($("#prompt-examples"), $("#prompt"));
+    this.buildCodeBlocks();
+    $("#key-form").hidden = !this.needsKey;
+    $("#auth-note").hidden = this.needsKey;
+    if (!this.needsKey) $("#code-hint").textContent = "Exactly the form above. This server needs no API key.";
     this.wire();
-    this.keyInput.value = this.key;
+    // A key typed while the page was still loading wins over the stored one.
+    if (!this.keyInput.value) this.keyInput.value = this.key;
     this.updateCode();
     this.connect();
   }
@@ -133,8 +143,8 @@ class Playground {
     }
     this.keyInput.removeAttribute("aria-invalid");
     this.keyMessage.className = "key-message";
-    this.keyMessage.textContent = key ? "Checking the key…" : "Key forgotten. Paste an API key to use the playground.";
-    this.connect();
+    if (key) this.keyMessage.textContent = "Checking the key…";
+    this.connect(key ? "" : "Key forgotten. ");
   }
 
   /** Handles a 401 anywhere: ask for a key. Returns true when `error` was one. */
@@ -151,16 +161,29 @@ class Playground {
     return true;
   }
 
-  async connect() {
+  /** Where a key comes from, before anything was asked of the server: a greeting, not an error. */
+  greet(prefix = "") {
+    this.keyMessage.className = "key-message greet";
+    this.keyMessage.replaceChildren(
+      `${prefix}Paste your API key to start: `, h("code", {}, "fluxedit serve"),
+      " prints one the first time it starts, and ", h("code", {}, "fluxedit keys create"), " makes more.");
+  }
+
+  async connect(greeting = "") {
     document.body.classList.remove("needs-key");
+    if (this.needsKey && !this.key) {
+      // Asking without a key would only earn a 401: say where a key comes from instead.
+      this.setModels([]);
+      this.history.clear("Your requests appear here once a key is in.");
+      this.greet(greeting);
+      return;
+    }
     try {
       const answer = await this.api.models();
       this.setModels(answer.models);
       if (this.key) {
         this.keyMessage.className = "key-message ok";
         this.keyMessage.textContent = "Key accepted; it is kept in this browser only.";
-      } else {
-        this.keyMessage.textContent = "This server accepts requests without a key.";
       }
       this.history.refresh();
     } catch (error) {
@@ -278,7 +301,7 @@ class Playground {
     const refIndex = index ?? (indexIn ? Number(indexIn[1]) : null);
     if (refIndex != null || head === "image_urls") {
       if (refIndex != null) this.refs.markError(refIndex, message);
-      else this.refs.say(message);
+      else this.refs.say(forPeople(message));
       return $("#refs");
     }
     const place = ERROR_PLACES[head];
@@ -325,7 +348,8 @@ class Playground {
       api: this.api, requestId, modelId, startedAt,
       onApiError: (error) => this.handleAuth(error),
       onCompleted: (result) => {
-        this.result.show(result);
+        // The newest run's result is brought into view; an older one's only replaces the image.
+        this.result.show(result, { revealIt: requestId === this.newestRun });
         this.announce(`Request ${requestId} completed.`);
       },
       onFinished: (status) => this.runFinished(status, input),
@@ -333,16 +357,17 @@ class Playground {
       onState: (state) => this.history.setState(requestId, state),
     });
     this.runs.set(requestId, run);
+    this.newestRun = requestId;
     $("#runs-panel").hidden = false;
     $("#runs").prepend(run.el);
     run.start();
-    // On one column the runs sit below the form: bring the new one into view.
-    if (matchMedia("(max-width: 900px)").matches) run.el.scrollIntoView({ behavior: "smooth", block: "center" });
+    // The submit button is low in the form: bring the new run and its progress into view.
+    reveal(run.el);
   }
 
   runFinished(status, input) {
     if (status.status === "failed") {
-      this.announce(`Request ${status.request_id} failed: ${status.error?.message || ""}`);
+      this.announce(`Request ${status.request_id} failed: ${forPeople(status.error?.message)}`);
       const sameReferences = input && JSON.stringify(input.image_urls) === JSON.stringify(this.refs.urls());
       if (status.error?.index != null && sameReferences) this.refs.markError(status.error.index, status.error.message);
       else this.result.showState(status);
@@ -389,11 +414,20 @@ class Playground {
 
   // --- show code -----------------------------------------------------------------------
 
+  buildCodeBlocks() {
+    $("#code-blocks").replaceChildren(...SNIPPETS.map(({ id, title }) => h("div", { class: "code-block" },
+      h("div", { class: "code-head" },
+        h("h3", {}, title),
+        h("button", { type: "button", class: "secondary small copy", dataset: { copy: `code-${id}` } }, "Copy")),
+      h("pre", {}, h("code", { id: `code-${id}` })))));
+  }
+
   updateCode() {
     if (!this.sizes) return;
     const input = this.input();
-    $("#code-curl").textContent = curlSnippet(this.api.base, this.modelSelect.value, input);
-    $("#code-python").textContent = pythonSnippet(this.api.base, this.modelSelect.value, input);
+    for (const { id, render } of SNIPPETS) {
+      $(`#code-${id}`).textContent = render(this.api.base, this.modelSelect.value, input);
+    }
   }
 
   async copy(button) {
@@ -413,6 +447,9 @@ class Playground {
   }
 }
 
-// The size rules come from the schema before the form is built (no key needed for it).
-setSizeRules(await new Api(new URL(".", document.baseURI), () => "").openapi());
-new Playground();
+// Before the form is built, and with no key: the size rules from the schema, and whether the
+// server needs a key at all (so the first view never costs a 401).
+const publicApi = new Api(new URL(".", document.baseURI), () => "");
+const [schema, health] = await Promise.all([publicApi.openapi(), publicApi.health().catch(() => ({ auth: "key" }))]);
+setSizeRules(schema);
+new Playground(health.auth);

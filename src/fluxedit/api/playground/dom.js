@@ -48,3 +48,14 @@ export const STATE_LABELS = {
 };
 
 export const isFinished = (state) => state === "completed" || state === "failed" || state === "cancelled";
+
+/** Scroll the least needed to show `el` whole (in its scrolling panel and in the window). */
+export function reveal(el) {
+  const still = matchMedia("(prefers-reduced-motion: reduce)").matches;
+  el.scrollIntoView({ block: "nearest", inline: "nearest", behavior: still ? "auto" : "smooth" });
+}
+
+/** A path-like id ("blackforestlabs/flux-2/klein-4b/edit") that may break after a "/" only, never inside a part. */
+export function idParts(id) {
+  return String(id).split(/(?<=\/)/).flatMap((part, i) => [i ? h("wbr") : null, h("span", { class: "id-part" }, part)]);
+}

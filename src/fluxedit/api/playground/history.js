@@ -1,8 +1,10 @@
 // History: this key's recent requests; choosing one restores its inputs and result.
 
 import { h, relativeTime, STATE_LABELS } from "./dom.js";
+import { forPeople } from "./words.js";
 
 const PAGE = 12;
+const REFERENCE_THUMBS = 4; // then "+N"
 
 export class History {
   /**
@@ -65,19 +67,36 @@ export class History {
     const thumb = entry.output?.images?.[0];
     const prompt = entry.input?.prompt || "(no prompt)";
     const state = STATE_LABELS[entry.status] || entry.status;
+    const reason = entry.status === "failed" && entry.error ? forPeople(entry.error.message) : null;
     return h("li", {},
       h("button", {
         type: "button", class: "history-item", dataset: { requestId: entry.request_id, state: entry.status },
-        "aria-label": `${state}: ${prompt}`, title: `Restore request ${entry.request_id}`,
+        "aria-label": `${state}: ${prompt}${reason ? `. ${reason}` : ""}`, title: `Restore request ${entry.request_id}`,
         onclick: () => this.onSelect(entry),
       },
       thumb
-        ? h("img", { src: thumb, alt: "", loading: "lazy" })
+        ? h("img", { class: "history-output", src: thumb, alt: "", loading: "lazy" })
         : h("span", { class: `history-thumb state-${entry.status}`, "aria-hidden": "true" }),
       h("span", { class: "history-text" },
         h("span", { class: "history-prompt" }, prompt),
+        reason ? h("span", { class: "history-reason" }, reason) : null,
+        this.renderReferences(entry.input?.image_urls || []),
         h("span", { class: "history-meta" },
           h("span", { class: `badge state-${entry.status}` }, state),
           h("span", {}, `${entry.model_id.split("/").slice(-2).join("/")} · ${relativeTime(entry.created_at)}`)))));
+  }
+
+  renderReferences(urls) {
+    if (!urls.length) return null;
+    const more = urls.length - REFERENCE_THUMBS;
+    // Backgrounds, not <img>s: decoration beside the output thumbnail, the card's one image.
+    const thumb = (url) => {
+      const el = h("span", { class: "history-ref" });
+      el.style.backgroundImage = `url(${JSON.stringify(url)})`;
+      return el;
+    };
+    return h("span", { class: "history-refs", "aria-hidden": "true" },
+      urls.slice(0, REFERENCE_THUMBS).map(thumb),
+      more > 0 ? h("span", { class: "history-refs-more" }, `+${more}`) : null);
   }
 }

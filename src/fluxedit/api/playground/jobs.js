@@ -1,6 +1,7 @@
 // A run: one submitted request, polled until it ends, with its state, progress, time and Cancel.
 
 import { h, sleep, formatSeconds, STATE_LABELS, isFinished } from "./dom.js";
+import { forPeople } from "./words.js";
 
 const POLL_MS = 400;
 
@@ -48,7 +49,7 @@ export class Run {
     return h("li", { class: "job", dataset: { requestId: this.requestId } },
       h("div", { class: "job-head" },
         this.stateEl,
-        h("span", { class: "job-id" }, "Request ", h("code", { class: "request-id" }, this.requestId)),
+        h("span", { class: "job-id", title: `Request ${this.requestId}` }, "Request ", h("code", { class: "request-id id" }, this.requestId)),
         this.dismissButton),
       h("div", { class: "job-line" }, this.detailEl, this.stepEl),
       this.bar,
@@ -114,7 +115,7 @@ export class Run {
         this.detailEl.textContent = "done";
         break;
       case "failed":
-        this.detailEl.textContent = status.error ? status.error.message : "the job failed";
+        this.detailEl.textContent = status.error ? forPeople(status.error.message) : "the job failed";
         break;
       case "cancelled":
         this.detailEl.textContent = "cancelled on request";

@@ -1,11 +1,12 @@
 // Reference images: uploads (file picker, drop, paste) and URLs, in order, at most 10.
 
 import { h } from "./dom.js";
+import { aboutReference, forPeople } from "./words.js";
 
 export const MAX_REFERENCES = 10;
 const DRAG_TYPE = "application/x-fluxedit-reference";
 
-function labelFor(url) {
+export function labelFor(url) {
   if (url.startsWith("data:")) return "data: URI";
   try {
     const parsed = new URL(url);
@@ -216,7 +217,7 @@ export class References {
   markError(index, message) {
     const item = this.items[index];
     if (item) item.error = message;
-    this.say(item ? `Reference ${index + 1} (${item.label}): ${message}` : message);
+    this.say(item ? aboutReference(index + 1, item.label, message) : forPeople(message));
     this.render();
   }
 

@@ -29,7 +29,7 @@ export function pythonSnippet(base, modelId, input) {
     "",
     "from fluxedit import Client",
     "",
-    `c = Client(${py(base)}, os.environ["FLUXEDIT_API_KEY"])`,
+    `c = Client(${py(base)}, os.environ.get("FLUXEDIT_API_KEY"))`,  // None: a server that needs no key
     "images = c.edit(",
     `    ${py(modelId || "MODEL_ID")},`,
     `    prompt=${py(input.prompt)},`,
@@ -46,3 +46,12 @@ export function pythonSnippet(base, modelId, input) {
   lines.push(")", `images[0].save("edited.${ext}")`);
   return lines.join("\n");
 }
+
+/**
+ * The "Show code" blocks, in order: {id, title, render(base, modelId, input)}. A client for
+ * another wire face (fal's, Replicate's, BFL's) is one more entry here, rendered the same way.
+ */
+export const SNIPPETS = [
+  { id: "curl", title: "curl", render: curlSnippet },
+  { id: "python", title: "Python (fluxedit client)", render: pythonSnippet },
+];
