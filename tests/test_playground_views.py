@@ -205,6 +205,7 @@ def test_a_failure_is_told_in_words_for_people_on_the_run_and_its_history_card(
     expect(card.locator(".history-ref")).to_have_count(2)  # the references' thumbnails
     assert "image_urls" not in page.locator("body").inner_text()
     card.screenshot(path=str(artifacts_dir / "history-failed-card-1280.png"))
+    page.evaluate("window.scrollTo(0, 0)")  # the side column sticks to where the window was scrolled
     page.screenshot(path=str(artifacts_dir / "history-failed-1280.png"), full_page=True)
 
     page.set_viewport_size(PHONE)
