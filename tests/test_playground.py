@@ -447,6 +447,9 @@ def test_a_no_auth_server_needs_no_key(open_page, no_auth_server, picture_server
     page.screenshot(path=str(artifacts_dir / "no-auth-1280.png"))
     assert watched.console_errors == []
     assert [url for status, url in watched.answers if status == 401] == []
+    # The run followed its event stream; it did not poll the status URL.
+    assert [url for url in watched.requests if url.endswith("/stream")], watched.requests
+    assert [url for url in watched.requests if url.endswith("/status")] == []
 
 
 def test_api_docs_render_offline(open_page, playground_server, artifacts_dir):

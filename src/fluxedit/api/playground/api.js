@@ -22,6 +22,20 @@ function detailFrom(status, statusText, data) {
   return { code: `http_${status}`, message: `The server answered ${status} ${statusText || ""}`.trim() + "." };
 }
 
+/** One server-sent event block ("event: ...", "data: ...", ": comment" lines) -> {kind, data}. */
+function parseEvent(block) {
+  const event = { kind: "message", data: "" };
+  for (const line of block.split("\n")) {
+    if (line.startsWith(":")) continue; // a keep-alive comment
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "event") event.kind = value;
+    else if (field === "data") event.data += (event.data ? "\n" : "") + value;
+  }
+  return event;
+}
+
 export class Api {
   /**
    * @param {URL} baseUrl the server's base URL, ending in "/"
@@ -89,6 +103,35 @@ export class Api {
 
   status(requestId) {
     return this.request("GET", `v1/requests/${encodeURIComponent(requestId)}/status`);
+  }
+
+  /**
+   * Follow the request's server-sent events: `onEvent(kind, body)` for each "status" and the last "result".
+   * Resolves when the server closes the stream; throws ApiError when it cannot be opened.
+   */
+  async stream(requestId, onEvent) {
+    const headers = { Accept: "text/event-stream" };
+    const key = this.getKey();
+    if (key) headers.Authorization = `Bearer ${key}`;
+    const url = new URL(`v1/requests/${encodeURIComponent(requestId)}/stream`, this.baseUrl);
+    const response = await fetch(url, { headers, cache: "no-store" });
+    if (!response.ok) {
+      const data = await response.json().catch(() => null);
+      throw new ApiError(response.status, detailFrom(response.status, response.statusText, data));
+    }
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const event = parseEvent(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+        if (event.data && (event.kind === "status" || event.kind === "result")) onEvent(event.kind, JSON.parse(event.data));
+      }
+    }
   }
 
   result(requestId) {

@@ -1,4 +1,5 @@
-// A run: one submitted request, polled until it ends, with its state, progress, time and Cancel.
+// A run: one submitted request, followed on its event stream (polled if that breaks) until it ends,
+// with its state, progress, time and Cancel.
 
 import { h, sleep, formatSeconds, STATE_LABELS, isFinished } from "./dom.js";
 import { forPeople } from "./words.js";
@@ -59,8 +60,29 @@ export class Run {
 
   start() {
     this.tick = setInterval(() => this.showElapsed(), 100);
-    this.poll();
+    this.follow();
     return this;
+  }
+
+  /** The stream tells each change as it happens; polling takes over if it cannot be had or breaks. */
+  async follow() {
+    let ended = null;
+    try {
+      await this.api.stream(this.requestId, (kind, body) => {
+        this.messageEl.textContent = "";
+        this.update(body);
+        if (kind === "result") ended = body;
+      });
+    } catch (error) {
+      if (this.onApiError(error)) {
+        this.messageEl.textContent = "Paused: the server did not accept the API key.";
+        this.stopPolling();
+        return;
+      }
+    }
+    if (this.stopped) return;
+    if (ended) await this.finish(ended, ended);
+    else this.poll();
   }
 
   showElapsed(seconds = (Date.now() - this.startedAt) / 1000) {
@@ -134,11 +156,11 @@ export class Run {
     }
   }
 
-  async finish(status) {
+  async finish(status, result = null) {
     this.stopPolling();
     if (status.status === "completed") {
       try {
-        this.onCompleted(await this.api.result(this.requestId));
+        this.onCompleted(result ?? (await this.api.result(this.requestId)));
       } catch (error) {
         if (!this.onApiError(error)) this.messageEl.textContent = `Could not get the result: ${error.message}`;
       }
