@@ -46,6 +46,14 @@ class Settings(BaseSettings):
         0.1, gt=0, le=5, description="How often a status stream or a `Prefer: wait` reads its job's row."
     )
     max_streams_per_key: int = Field(8, ge=1, description="Open status streams per API key and API process.")
+    price_per_megapixel: dict[str, float] = Field(
+        default_factory=dict, description="Model id -> USD per output megapixel, for include_cost=true; none by default."
+    )
+    fal_apps: dict[str, str] = Field(
+        default_factory=dict,
+        description="fal app id -> model id under /fal, on top of the default table (api/faces/fal_apps.py); "
+        'an empty model id removes an app, e.g. {"fal-ai/flux-2/edit": ""}.',
+    )
 
     # --- inputs ----------------------------------------------------------------
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1024)

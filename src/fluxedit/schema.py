@@ -285,3 +285,6 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+    # The same code and sentence, flat, where RunComfy's clients read them.
+    error_code: str
+    error_message: str
