@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     )
     max_streams_per_key: int = Field(8, ge=1, description="Open status streams per API key and API process.")
     price_per_megapixel: dict[str, float] = Field(
-        default_factory=dict, description="Model id -> USD per output megapixel, for include_cost=true; none by default."
+        default_factory=dict,
+        description="Model id -> USD per output megapixel, for include_cost=true; none by default.",
     )
     fal_apps: dict[str, str] = Field(
         default_factory=dict,

@@ -120,7 +120,13 @@ async def submit(
     job = await run_in_threadpool(_queue, runtime, app_id, body, key_id, fal_webhook)
     urls = queue_urls(_face_url(request), app_id, job.id)
     position = await run_in_threadpool(runtime.store.queue_position, job)
-    return {"request_id": job.id, "gateway_request_id": job.id, "status": "IN_QUEUE", "queue_position": position, **urls}
+    return {
+        "request_id": job.id,
+        "gateway_request_id": job.id,
+        "status": "IN_QUEUE",
+        "queue_position": position,
+        **urls,
+    }
 
 
 @router.get("/{app_path:path}/requests/{request_id}/status/stream", summary="fal: stream the status until COMPLETED")

@@ -16,7 +16,11 @@ def app_root(app_id: str) -> str:
 def queue_urls(face_url: str, app_id: str, request_id: str) -> dict[str, str]:
     """The response, status and cancel URLs of a request, under the face's base URL (`.../fal`)."""
     response_url = f"{face_url}/{app_root(app_id)}/requests/{request_id}"
-    return {"response_url": response_url, "status_url": f"{response_url}/status", "cancel_url": f"{response_url}/cancel"}
+    return {
+        "response_url": response_url,
+        "status_url": f"{response_url}/status",
+        "cancel_url": f"{response_url}/cancel",
+    }
 
 
 def fal_status(job: Job, urls: dict[str, str], *, queue_position: int | None, with_logs: bool) -> dict:
