@@ -56,16 +56,18 @@ class LiveServer:
     api_key: str | None = None
     proc: subprocess.Popen | None = None
     output: list[str] = field(default_factory=list)
+    verify: object = True  # what clients trust: an ssl.SSLContext with the test CA when serving HTTPS
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if "--ssl-certfile" in self.args else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def headers(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.api_key}"}
 
     def client(self, key: str | None = None) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, headers=self.headers(key), timeout=30)
+        return httpx.Client(base_url=self.base_url, headers=self.headers(key), timeout=30, verify=self.verify)
 
     def start(self, timeout: float = 120) -> LiveServer:
         cmd = [sys.executable, "-m", "fluxedit", "serve", "--host", "127.0.0.1", "--port", str(self.port), *self.args]
@@ -82,7 +84,7 @@ class LiveServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"fluxedit serve exited {self.proc.returncode}:\n{self.log}")
             try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.base_url}/healthz", timeout=1, verify=self.verify).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

@@ -120,3 +120,14 @@ def test_forwarded_jobs_run_side_by_side(bfl_server, fake_bfl, refs):
     assert [f["status"] for f in finals] == ["completed"] * 3
     first_finished = min(f["finished_at"] for f in finals)
     assert all(f["started_at"] < first_finished for f in finals), "all three were at BFL at once"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"num_inference_steps": 20}, "num_inference_steps"), ({"enable_safety_checker": False}, "enable_safety_checker")],
+)
+def test_what_bfl_cannot_honour_is_refused_before_queuing(bfl_server, fake_bfl, refs, change, field):
+    with bfl_server.client() as http:
+        answer = http.post(f"/v1/models/{PRO}", json={"prompt": "x", "image_urls": refs[:1], **change})
+    assert answer.status_code == 422 and answer.json()["error"]["field"] == field
+    assert not fake_bfl.accepted, "nothing was forwarded"

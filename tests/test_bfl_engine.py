@@ -51,6 +51,19 @@ def test_three_reference_edit_returns_image_of_asked_size(fake_bfl, bfl_settings
     assert fake_bfl.downloads == [next(iter(fake_bfl.tasks))]
 
 
+def test_num_images_is_one_task_each_with_its_own_seed(fake_bfl, bfl_settings):
+    calls: list[tuple[int, int]] = []
+
+    images = BflEngine("flux-2-pro", bfl_settings).edit(
+        edit_request(seed=7, num_images=2), lambda step, total: calls.append((step, total)) and False
+    )
+
+    assert len(images) == 2 and all(image.size == (128, 96) for image in images)
+    assert [sent["seed"] for sent in fake_bfl.accepted] == [7, 8]
+    steps = [step for step, _ in calls]
+    assert steps == sorted(steps) and steps[-1] == 100, "one rising progress over both tasks"
+
+
 def test_flex_forwards_steps_guidance_and_safety_tolerance(fake_bfl, bfl_settings):
     engine = BflEngine("flux-2-flex", bfl_settings)
 

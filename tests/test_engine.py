@@ -70,6 +70,14 @@ def test_same_seed_same_bytes_other_seed_different(tiny_engine: Flux2Engine) -> 
     assert first != other
 
 
+def test_num_images_gives_that_many_distinct_images_in_one_call(tiny_engine: Flux2Engine) -> None:
+    seen: list[tuple[int, int]] = []
+    images = tiny_engine.edit(request(2, seed=7, num_images=2), lambda step, total: seen.append(step) or False)
+    assert [image.size for image in images] == [(128, 128), (128, 128)]
+    assert images[0].tobytes() != images[1].tobytes()
+    assert seen == [1, 2, 3, 4], "one pipeline call: one pass over the steps"
+
+
 def test_progress_counts_the_model_default_steps(tiny_engine: Flux2Engine) -> None:
     seen: list[tuple[int, int]] = []
     tiny_engine.edit(request(1), lambda step, total: seen.append((step, total)) or False)

@@ -58,6 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"--no-auth is only allowed on a loopback address (127.0.0.1, ::1, localhost), not {args.host}.",
             field="--no-auth",
         )
+    tls = _tls_files(args)
     import uvicorn
 
     from fluxedit.api.app import create_app
@@ -68,11 +69,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not no_auth and runtime.keys.count_active() == 0:
         key_id, secret = runtime.keys.create("default")
         print(f"Created the first API key (shown once, keep it): {secret}", flush=True)
-    print(f"fluxedit serving {', '.join(runtime.models)} on http://{args.host}:{args.port}", flush=True)
+    scheme = "https" if tls else "http"
+    print(f"fluxedit serving {', '.join(runtime.models)} on {scheme}://{args.host}:{args.port}", flush=True)
     uvicorn.run(
-        create_app(runtime, allow_unauthenticated=no_auth), host=args.host, port=args.port, log_level=args.log_level
+        create_app(runtime, allow_unauthenticated=no_auth),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        **tls,
     )
     return 0
+
+
+def _tls_files(args: argparse.Namespace) -> dict[str, str]:
+    """uvicorn's ssl_certfile/ssl_keyfile from --ssl-certfile/--ssl-keyfile: both or neither, files that exist."""
+    given = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
+    if not any(given.values()):
+        return {}
+    if not all(given.values()):
+        raise InvalidInput("--ssl-certfile and --ssl-keyfile go together; give both.", field="--ssl-keyfile")
+    for name, path in given.items():
+        flag = "--" + name.replace("_", "-")
+        if not Path(path).is_file():
+            raise InvalidInput(f"{flag} {path}: no such file.", field=flag)
+    return given
 
 
 # --------------------------------------------------------------------------- worker
@@ -164,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", help="base URL used in answers (default: the request's)")
     serve.add_argument("--no-auth", action="store_true", help="no API keys (only on a loopback address)")
     serve.add_argument("--no-workers", action="store_true", help="queue only; Celery workers run the jobs")
+    serve.add_argument("--ssl-certfile", help="serve HTTPS with this PEM certificate (chain); needs --ssl-keyfile")
+    serve.add_argument("--ssl-keyfile", help="the PEM private key of --ssl-certfile")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=cmd_serve)
 

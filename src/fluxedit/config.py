@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     max_unknown_ids_per_minute: int = Field(
         30, ge=1, description="Lookups of request ids a key does not have, per key and minute; more answer 429."
     )
+    price_per_megapixel: dict[str, float] = Field(
+        default_factory=dict,
+        description="Model id -> USD per output megapixel, for include_cost=true; none by default.",
+    )
+    fal_apps: dict[str, str] = Field(
+        default_factory=dict,
+        description="fal app id -> model id under /fal, on top of the default table (api/faces/fal_apps.py); "
+        'an empty model id removes an app, e.g. {"fal-ai/flux-2/edit": ""}.',
+    )
 
     # --- inputs ----------------------------------------------------------------
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1024)

@@ -48,6 +48,7 @@ def edit_request(params: EditInput, references: list[Reference]) -> EditRequest:
         steps=params.num_inference_steps,
         guidance=params.guidance_scale,
         output_format=params.output_format,
+        num_images=params.num_images,
         extra=extra,
     )
 

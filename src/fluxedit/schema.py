@@ -24,6 +24,7 @@ from fluxedit.errors import InvalidInput
 from fluxedit.jobs.state import JobState  # the wire models report it; it is defined with the jobs
 
 MAX_REFERENCES = 10
+MAX_IMAGES = 4  # outputs per request (num_images)
 MAX_PROMPT_CHARS = 10_000
 # The longest side the area bound allows: the other side at its minimum (4 MP / 64 = 65536).
 MAX_CUSTOM_SIDE = sizes.MAX_PIXELS // sizes.MIN_SIDE
@@ -112,11 +113,15 @@ class EditInput(BaseModel):
     )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Same seed, same inputs: same image.")
     output_format: OutputFormat = "jpeg"
+    num_images: int = Field(1, ge=1, le=MAX_IMAGES, description="How many images to make from these inputs.")
     # fluxedit extensions, not in the hosted schema:
     num_inference_steps: int | None = Field(None, ge=1, le=100, description="Denoising steps; default: the model's.")
     guidance_scale: float | None = Field(None, ge=0.0, le=20.0, description="Guidance; default: the model's.")
-    # Passed to hosted BFL models, ignored by local ones.
+    # Hosted BFL models only: a local model given these answers 422 (it cannot honour them).
     safety_tolerance: int | None = Field(None, ge=0, le=6)
+    enable_safety_checker: bool | None = Field(
+        None, description="Hosted BFL models always moderate; local models have no checker."
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -245,6 +250,16 @@ class StatusResponse(BaseModel):
     cancel_url: str
 
 
+class CancelResponse(StatusResponse):
+    """The status after a cancel, with what the cancel did (RunComfy's `outcome`)."""
+
+    outcome: Literal["cancellation_requested", "not_cancellable"] = Field(
+        ...,
+        description="cancellation_requested: a queued job is cancelled, a running one stops at its next step; "
+        "not_cancellable: it had already finished.",
+    )
+
+
 class EditOutput(BaseModel):
     images: list[str] = Field(..., description="URLs of the edited images.")
 
@@ -257,6 +272,9 @@ class ResultResponse(StatusResponse):
     width: int | None = None
     height: int | None = None
     timings: Timings | None = None
+    cost: float | None = Field(
+        None, description="USD, with include_cost=true once completed, when the operator set a price for the model."
+    )
     input: dict | None = Field(None, description="The input as submitted.")
 
 
@@ -272,6 +290,7 @@ class ModelInfo(BaseModel):
     loaded: bool
     max_references: int
     queued: int = 0
+    fal_apps: list[str] = Field(default_factory=list, description="fal app ids that run this model under /fal.")
 
 
 class ModelList(BaseModel):
@@ -294,3 +313,6 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+    # The same code and sentence, flat, where RunComfy's clients read them.
+    error_code: str
+    error_message: str

@@ -12,6 +12,7 @@ from fluxedit import __version__
 from fluxedit.api.docs import install_docs
 from fluxedit.api.errors import install_error_handlers
 from fluxedit.api.events import StreamSlots
+from fluxedit.api.faces.fal import router as fal_router
 from fluxedit.api.guesses import GuessLimit
 from fluxedit.api.limits import BodySizeLimit
 from fluxedit.api.routes import router
@@ -52,6 +53,7 @@ def create_app(runtime: Runtime, *, allow_unauthenticated: bool = False) -> Fast
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_request_bytes)
     app.include_router(router)
     install_docs(app)
+    app.include_router(fal_router)  # fal's queue API under /fal (api/faces/fal.py)
     playground = resources.files("fluxedit.api") / "playground"
     app.mount("/playground", StaticFiles(directory=str(playground)), name="playground")
     return app

@@ -1,4 +1,5 @@
-"""One JSON envelope for every error: {"error": {"code", "message", "field"?, "index"?}}.
+"""One JSON envelope for every error: {"error": {"code", "message", "field"?, "index"?}}, and beside it
+the flat `error_code` and `error_message` that RunComfy's clients read (docs/compat.md).
 
 No stack trace ever reaches a client: unexpected exceptions are logged here and
 answered with a generic sentence.
@@ -36,7 +37,9 @@ STATUS_CODES = {
 def error_response(status: int, code: str, message: str, *, headers: dict | None = None, **extra) -> JSONResponse:
     body = {"code": code, "message": message}
     body.update({k: v for k, v in extra.items() if v is not None})
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": body, "error_code": code, "error_message": message}, status_code=status, headers=headers
+    )
 
 
 async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -15,12 +15,16 @@ from starlette.concurrency import run_in_threadpool
 from fluxedit.api.auth import require_key
 from fluxedit.api.deps import RuntimeDep
 from fluxedit.api.events import stream_response, wait_seconds, wait_until_finished
+from fluxedit.api.faces.fal_apps import apps_of
 from fluxedit.api.inline import store_inline_images
+from fluxedit.engines.capabilities import capabilities_of
 from fluxedit.errors import FluxeditError, InvalidInput, NotFound
 from fluxedit.images.sniff import sniff_upload
+from fluxedit.jobs.errors import JobConflict
 from fluxedit.jobs.store import Job
-from fluxedit.runtime import Runtime
+from fluxedit.runtime import Runtime, ServedModel
 from fluxedit.schema import (
+    CancelResponse,
     EditInput,
     EditOutput,
     ErrorResponse,
@@ -73,7 +77,7 @@ def _status_fields(request: Request, runtime: Runtime, job: Job) -> dict:
     return fields
 
 
-def _result(request: Request, runtime: Runtime, job: Job) -> ResultResponse:
+def _result(request: Request, runtime: Runtime, job: Job, *, include_cost: bool = False) -> ResultResponse:
     fields = _status_fields(request, runtime, job)
     if job.state == JobState.completed:
         base = base_url(request)
@@ -84,7 +88,17 @@ def _result(request: Request, runtime: Runtime, job: Job) -> ResultResponse:
             height=job.height,
             timings=Timings(**(job.timings or {})),
         )
+        if include_cost:
+            fields["cost"] = job_cost(runtime, job)
     return ResultResponse(**fields, input=job.input)
+
+
+def job_cost(runtime: Runtime, job: Job) -> float | None:
+    """USD for a completed job at the operator's price per output megapixel; None when no price is set."""
+    price = runtime.settings.price_per_megapixel.get(job.model_id)
+    if price is None or not job.width or not job.height:
+        return None
+    return round(price * job.width * job.height / 1e6 * len(job.outputs), 6)
 
 
 def _issued_url(request: Request, key: str) -> str:
@@ -93,7 +107,7 @@ def _issued_url(request: Request, key: str) -> str:
     return base_url(request) + request.app.state.runtime.signer.signed_path(key)
 
 
-def _own_job(request: Request, request_id: str, key_id: str, *, status_only: bool = False) -> Job:
+def own_job(request: Request, request_id: str, key_id: str, *, status_only: bool = False) -> Job:
     """This key's job; with `status_only`, without its input and outputs (see JobStore.get_status)."""
     store = request.app.state.runtime.store
     job = store.get_status(request_id, key_id) if status_only else store.get(request_id, key_id=key_id)
@@ -130,6 +144,7 @@ def list_models(runtime: RuntimeDep, key_id: KeyId) -> ModelList:
                 loaded=m.loaded,
                 max_references=m.max_references,
                 queued=runtime.store.queued_count(m.id),
+                fal_apps=apps_of(runtime.settings, m.id),
             )
             for m in runtime.models.values()
         ]
@@ -172,12 +187,7 @@ def queue_job(request: Request, model_id: str, body: EditInput, key_id: str, ide
     if model is None:
         served = ", ".join(sorted(runtime.models))
         raise NotFound(f"Model {model_id!r} is not served here. Served models: {served}.", field="model_id")
-    limit = model.max_references
-    if len(body.image_urls) > limit:
-        raise InvalidInput(
-            f"{model_id} takes at most {limit} reference images; {len(body.image_urls)} were given.",
-            field="image_urls",
-        )
+    _check_model_takes(model, body)
     edit_input = body.model_dump(mode="json", exclude_none=True)
     edit_input["image_urls"] = store_inline_images(
         body.image_urls,
@@ -199,6 +209,23 @@ def queue_job(request: Request, model_id: str, body: EditInput, key_id: str, ide
     return job
 
 
+def _check_model_takes(model: ServedModel, body: EditInput) -> None:
+    """InvalidInput (422) naming the first field of `body` that `model`'s engine cannot honour."""
+    limit = model.max_references
+    if len(body.image_urls) > limit:
+        raise InvalidInput(
+            f"{model.id} takes at most {limit} reference images; {len(body.image_urls)} were given.",
+            field="image_urls",
+        )
+    capabilities = capabilities_of(model.source)
+    refused = capabilities.refused(body)
+    if refused:
+        names = ", ".join(refused)
+        raise InvalidInput(
+            f"{model.id} cannot honour {names}: {capabilities.explain(refused[0])}. Leave it out.", field=refused[0]
+        )
+
+
 @router.get("/v1/requests", response_model=RequestList, tags=["requests"], responses=ERRORS)
 def list_requests(
     request: Request,
@@ -214,13 +241,19 @@ def list_requests(
 
 @router.get("/v1/requests/{request_id}/status", response_model=StatusResponse, tags=["requests"], responses=ERRORS)
 def status(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId) -> StatusResponse:
-    return StatusResponse(**_status_fields(request, runtime, _own_job(request, request_id, key_id, status_only=True)))
+    return StatusResponse(**_status_fields(request, runtime, own_job(request, request_id, key_id, status_only=True)))
 
 
 @router.get("/v1/requests/{request_id}/result", response_model=ResultResponse, tags=["requests"], responses=ERRORS)
-def result(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId) -> ResultResponse:
+def result(
+    request: Request,
+    runtime: RuntimeDep,
+    request_id: str,
+    key_id: KeyId,
+    include_cost: Annotated[bool, Query(description="Add `cost` (USD) once completed.")] = False,
+) -> ResultResponse:
     """The outputs once completed; before that, the status body, so clients keep polling."""
-    return _result(request, runtime, _own_job(request, request_id, key_id))
+    return _result(request, runtime, own_job(request, request_id, key_id), include_cost=include_cost)
 
 
 @router.get(
@@ -232,20 +265,26 @@ def result(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId
 def stream(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId) -> EventSourceResponse:
     """Server-sent events: `status` with the status body at once and at each change of state or step,
     then `result` with the result body when the job ends. Resumes after `Last-Event-ID`."""
-    job = _own_job(request, request_id, key_id)
+    job = own_job(request, request_id, key_id)
     slots = request.app.state.stream_slots
     return stream_response(request, runtime, job, lambda current: _result(request, runtime, current), slots)
 
 
-@router.post("/v1/requests/{request_id}/cancel", response_model=StatusResponse, tags=["requests"], responses=ERRORS)
-def cancel(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId) -> StatusResponse:
-    """Queued: cancelled at once. Running: stops at its next denoising step. Finished: 409."""
+@router.post("/v1/requests/{request_id}/cancel", response_model=CancelResponse, tags=["requests"], responses=ERRORS)
+def cancel(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId) -> CancelResponse:
+    """Queued: cancelled at once. Running: stops at its next denoising step. Either way
+    `outcome: cancellation_requested`. Finished: unchanged, `outcome: not_cancellable`."""
     try:
         job = runtime.store.cancel(request_id, key_id)
+        outcome = "cancellation_requested"
     except NotFound:  # not this key's, or no such id
         request.app.state.guesses.miss(key_id, request_id)
         raise
-    return StatusResponse(**_status_fields(request, runtime, job))
+    except JobConflict as exc:
+        if exc.code != "already_finished":
+            raise
+        job, outcome = own_job(request, request_id, key_id), "not_cancellable"
+    return CancelResponse(**_status_fields(request, runtime, job), outcome=outcome)
 
 
 @router.post("/v1/files", response_model=FileUploadResponse, tags=["files"], responses=ERRORS)

@@ -27,6 +27,7 @@ class EditRequest:
     steps: int | None = None  # None: the engine's default for its model
     guidance: float | None = None
     output_format: str = "jpeg"  # only hosted engines care; local ones return pixels
+    num_images: int = 1  # images to make from these inputs, each from its own noise
     extra: dict = field(default_factory=dict)
 
 
@@ -48,4 +49,4 @@ class Engine(Protocol):
         """Load weights / open connections. Idempotent."""
 
     def edit(self, request: EditRequest, progress: ProgressCallback | None = None) -> list[Image.Image]:
-        """Run one edit. Raises EditCancelled when progress asked to stop."""
+        """Run one edit: `request.num_images` images. Raises EditCancelled when progress asked to stop."""

@@ -26,6 +26,7 @@ from PIL import Image
 from fluxedit.config import Settings
 from fluxedit.engines.base import EditRequest, ProgressCallback
 from fluxedit.engines.bfl_client import BflClient, UpstreamError
+from fluxedit.engines.capabilities import BFL_MAX_REFERENCES
 from fluxedit.errors import EditCancelled, InvalidInput, ModelUnavailable
 from fluxedit.images.decode import encode_image
 from fluxedit.netpolicy import Resolver
@@ -39,7 +40,7 @@ MODELS: dict[str, str] = {
     "flux-2-flex": "FLUX.2 [flex]",
     "flux-2-max": "FLUX.2 [max]",
 }
-MAX_REFERENCES = 8
+MAX_REFERENCES = BFL_MAX_REFERENCES
 PROGRESS_TOTAL = 100  # progress is reported as (percent, 100)
 
 _IMAGE_FIELDS = ("input_image", *(f"input_image_{n}" for n in range(2, MAX_REFERENCES + 1)))
@@ -112,15 +113,24 @@ class BflEngine:
         self._bfl.close()
 
     def edit(self, request: EditRequest, progress: ProgressCallback | None = None) -> list[Image.Image]:
-        """Forward one edit; progress is reported as (percent, 100), 0 meaning not yet forwarded.
+        """Forward one edit, one BFL task per image (seeds seed, seed+1, ...); progress is reported
+        as (percent, 100) over all of them, 0 meaning not yet forwarded.
 
-        A stop request (progress returning True) is honoured until the task is submitted;
-        after that BFL has no cancel, so the task runs to its end and is returned.
+        A stop request (progress returning True) is honoured until a task is submitted;
+        after that BFL has no cancel, so that task runs to its end (later ones are not sent).
         """
         self.check_references(len(request.images))
         self.load()
         body = self._build_body(request)
         report = progress or (lambda step, total: False)
+        images = []
+        for n in range(request.num_images):
+            task_body = {**body, "seed": request.seed + n}
+            images.append(self._one_task(task_body, _Share(report, n, request.num_images)))
+        report(PROGRESS_TOTAL, PROGRESS_TOTAL)
+        return images
+
+    def _one_task(self, body: dict, report: ProgressCallback) -> Image.Image:
         self._acquire_slot(report)
         try:
             if report(0, PROGRESS_TOTAL):
@@ -129,9 +139,7 @@ class BflEngine:
             sample_url = self._bfl.wait(task, _PollProgress(task.id, report))
         finally:
             self._slots.release()
-        image = self._decode(self._bfl.download(sample_url))
-        report(PROGRESS_TOTAL, PROGRESS_TOTAL)
-        return [image]
+        return self._decode(self._bfl.download(sample_url))
 
     def check_references(self, count: int) -> None:
         if count > MAX_REFERENCES:
@@ -183,6 +191,16 @@ class BflEngine:
         except (OSError, Image.DecompressionBombError, SyntaxError):
             raise UpstreamError("Black Forest Labs' result is not a readable image.") from None
         return image.convert("RGB")
+
+
+class _Share:
+    """Task `index` of `count`: its (percent, 100) reported as its share of the whole edit."""
+
+    def __init__(self, report: ProgressCallback, index: int, count: int) -> None:
+        self.report, self.index, self.count = report, index, count
+
+    def __call__(self, step: int, total: int) -> bool:
+        return self.report((self.index * total + step) // self.count, total)
 
 
 class _PollProgress:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from fluxedit.config import Settings
 from fluxedit.engines.base import EditRequest, ProgressCallback
-from fluxedit.engines.registry import FLUX2_MAX_REFERENCES
+from fluxedit.engines.capabilities import FLUX2_MAX_REFERENCES
 from fluxedit.engines.speed import (
     SpeedOptions,
     apply_speed_options,
@@ -193,6 +193,7 @@ class Flux2Engine:
             width=request.width,
             height=request.height,
             num_inference_steps=steps,
+            num_images_per_prompt=request.num_images,  # one batch; each image gets its own noise
             # A CPU generator gives the same noise for a seed on any device.
             generator=torch.Generator("cpu").manual_seed(request.seed),
         )

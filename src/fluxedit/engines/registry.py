@@ -13,6 +13,7 @@ import threading
 
 from fluxedit.config import Settings
 from fluxedit.engines.base import Engine
+from fluxedit.engines.capabilities import BFL_PREFIX, capabilities_of
 from fluxedit.errors import InvalidInput
 
 STANDARD_MODEL_IDS: tuple[str, ...] = tuple(
@@ -21,8 +22,6 @@ STANDARD_MODEL_IDS: tuple[str, ...] = tuple(
 )
 DEFAULT_SOURCE = "black-forest-labs/FLUX.2-klein-4B"
 TINY_SOURCE = "tiny"
-BFL_PREFIX = "bfl:"
-FLUX2_MAX_REFERENCES = 10  # what the FLUX.2 pipelines take; Flux2Engine.max_references
 
 
 def parse_model_spec(text: str) -> tuple[str, str]:
@@ -58,11 +57,8 @@ def model_pairs(specs: list[str]) -> list[tuple[str, str]]:
 
 def describe_source(source: str) -> tuple[str, int]:
     """(engine kind, most references) of the engine a source makes, without building it (no torch)."""
-    if source.startswith(BFL_PREFIX):
-        from fluxedit.engines.bfl import MAX_REFERENCES
-
-        return "bfl", MAX_REFERENCES
-    return "diffusers", FLUX2_MAX_REFERENCES
+    capabilities = capabilities_of(source)
+    return capabilities.kind, capabilities.max_references
 
 
 def make_engine(source: str, settings: Settings, *, bfl_slots: threading.BoundedSemaphore | None = None) -> Engine:
