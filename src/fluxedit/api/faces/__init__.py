@@ -1,0 +1,1 @@
+"""Faces: routers that speak a hosted provider's wire protocol over the one native queue."""
