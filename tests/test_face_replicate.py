@@ -12,7 +12,7 @@ import replicate
 from PIL import Image
 from replicate.exceptions import ReplicateError
 from replicate.helpers import FileOutput
-from replicate.webhook import InvalidSignatureError, WebhookSigningSecret, Webhooks
+from replicate.webhook import InvalidSignatureError, Webhooks, WebhookSigningSecret
 
 from _fixtures_images import png_bytes
 from fluxedit.api.faces import replicate_webhook
@@ -173,7 +173,9 @@ def test_events_filter_decides_which_changes_are_sent() -> None:
 def test_webhook_submit_says_it_is_not_delivered_yet(client, image_server) -> None:
     with pytest.raises(ReplicateError) as raised:
         client.models.predictions.create(
-            model=PRO, input=small_input(image_server), webhook="http://127.0.0.1:9/hook",
+            model=PRO,
+            input=small_input(image_server),
+            webhook="http://127.0.0.1:9/hook",
             webhook_events_filter=["completed"],
         )
     assert raised.value.status == 422 and "webhook" in raised.value.detail

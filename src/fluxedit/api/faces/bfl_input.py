@@ -45,11 +45,17 @@ def edit_input(body: object) -> EditInput:
         raise InvalidInput("The body must be a JSON object.", field="body")
     images = [_image_url(name, body[name]) for name in IMAGE_FIELDS if body.get(name)]
     if not images:
-        raise InvalidInput("input_image is required: fluxedit edits reference images (a URL or base64).",
-                           field="input_image")
+        raise InvalidInput(
+            "input_image is required: fluxedit edits reference images (a URL or base64).", field="input_image"
+        )
     edit: dict = {"prompt": body.get("prompt"), "image_urls": images, "image_size": _size(body)}
-    for ours, theirs in (("seed", "seed"), ("output_format", "output_format"), ("safety_tolerance", "safety_tolerance"),
-                         ("num_inference_steps", "steps"), ("guidance_scale", "guidance")):
+    for ours, theirs in (
+        ("seed", "seed"),
+        ("output_format", "output_format"),
+        ("safety_tolerance", "safety_tolerance"),
+        ("num_inference_steps", "steps"),
+        ("guidance_scale", "guidance"),
+    ):
         if body.get(theirs) is not None:
             edit[ours] = body[theirs]
     try:

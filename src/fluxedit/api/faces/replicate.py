@@ -53,7 +53,12 @@ class PredictionRequest(BaseModel):
 
 @router.post("/v1/models/{owner}/{name}/predictions", status_code=201)
 async def create_for_model(
-    request: Request, runtime: RuntimeDep, owner: str, name: str, body: PredictionRequest, key_id: KeyId,
+    request: Request,
+    runtime: RuntimeDep,
+    owner: str,
+    name: str,
+    body: PredictionRequest,
+    key_id: KeyId,
     prefer: Prefer = None,
 ) -> JSONResponse:
     model_id = served_id(_table(runtime), set(runtime.models), owner, name)
@@ -105,7 +110,9 @@ def stream_prediction(request: Request, runtime: RuntimeDep, prediction_id: str,
     """Replicate's stream events: `logs` as the job advances, `output` with its URL(s), `error`, then `done`."""
     job = _own(request, runtime, prediction_id, key_id)
     release = request.app.state.stream_slots.acquire(job.key_id)
-    return EventSourceResponse(_events(request, runtime, job, release), ping=PING_S, headers={"Cache-Control": "no-store"})
+    return EventSourceResponse(
+        _events(request, runtime, job, release), ping=PING_S, headers={"Cache-Control": "no-store"}
+    )
 
 
 @router.get("/v1/models/{owner}/{name}")
@@ -193,7 +200,9 @@ def _model(request: Request, runtime: Runtime, model_id: str) -> dict:
         "default_example": None,
         # One version per served model; fluxedit keeps no version history, so no real creation date.
         "latest_version": {
-            "id": version_id(model_id), "created_at": "1970-01-01T00:00:00Z", "cog_version": "fluxedit",
+            "id": version_id(model_id),
+            "created_at": "1970-01-01T00:00:00Z",
+            "cog_version": "fluxedit",
             "openapi_schema": {},
         },
     }

@@ -66,8 +66,13 @@ def edit_input(raw: object) -> EditInput:
         raise InvalidInput("input_images is required: a list of 1 to 10 reference image URLs.", field="input_images")
     body: dict = {"prompt": raw.get("prompt"), "image_urls": images, "image_size": _image_size(raw)}
     body["output_format"] = _output_format(raw.get("output_format"))
-    for ours, theirs in (("seed", "seed"), ("safety_tolerance", "safety_tolerance"), ("num_inference_steps", "steps"),
-                         ("num_inference_steps", "num_inference_steps"), ("guidance_scale", "guidance")):
+    for ours, theirs in (
+        ("seed", "seed"),
+        ("safety_tolerance", "safety_tolerance"),
+        ("num_inference_steps", "steps"),
+        ("num_inference_steps", "num_inference_steps"),
+        ("guidance_scale", "guidance"),
+    ):
         if raw.get(theirs) is not None:
             body[ours] = raw[theirs]
     try:
@@ -118,9 +123,7 @@ def _megapixels(resolution: object) -> float:
         return 1.0
     match = _RESOLUTION.match(str(resolution))
     if match is None or not 0 < float(match.group(1)) <= sizes.MAX_PIXELS / 1_000_000:
-        raise InvalidInput(
-            f"resolution {resolution!r} is not match_input_image or 0.5 MP .. 4 MP.", field="resolution"
-        )
+        raise InvalidInput(f"resolution {resolution!r} is not match_input_image or 0.5 MP .. 4 MP.", field="resolution")
     return float(match.group(1))
 
 
