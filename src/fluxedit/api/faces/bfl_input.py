@@ -43,11 +43,12 @@ def edit_input(body: object) -> EditInput:
     """A BFL request body as fluxedit's EditInput; bad values are a 422 naming BFL's field."""
     if not isinstance(body, dict):
         raise InvalidInput("The body must be a JSON object.", field="body")
-    images = [_image_url(name, body[name]) for name in IMAGE_FIELDS if body.get(name)]
-    if not images:
+    names = [name for name in IMAGE_FIELDS if body.get(name)]
+    if not names:
         raise InvalidInput(
             "input_image is required: fluxedit edits reference images (a URL or base64).", field="input_image"
         )
+    images = [_image_url(name, body[name]) for name in names]
     edit: dict = {"prompt": body.get("prompt"), "image_urls": images, "image_size": _size(body)}
     for ours, theirs in (
         ("seed", "seed"),
@@ -61,14 +62,19 @@ def edit_input(body: object) -> EditInput:
     try:
         return EditInput.model_validate(edit)
     except ValidationError as exc:
-        error = invalid_input(exc.errors())
+        raise _renamed(invalid_input(exc.errors()), names) from None
+
+
+def _renamed(error: InvalidInput, names: list[str]) -> InvalidInput:
+    """The native error with BFL's names: image_urls[i] is the i-th input_image field given."""
     message, field = error.message, error.field or ""
-    if field.startswith("image_urls["):
-        field = IMAGE_FIELDS[error.index or 0]
-        message = message.replace(f"image_urls[{error.index}]", field)
+    reference = re.search(r"image_urls\[(\d+)\]", message)
+    if field.startswith("image_urls") and reference and int(reference.group(1)) < len(names):
+        field = names[int(reference.group(1))]
+        message = message.replace(reference.group(0), field)
     for ours, theirs in _NAMES.items():
         message, field = message.replace(ours, theirs), field.replace(ours, theirs)
-    raise InvalidInput(message, field=field or None) from None
+    return InvalidInput(message, field=field or None)
 
 
 def _image_url(name: str, value: object) -> str:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from fluxedit.api.auth import require_key
@@ -110,8 +111,12 @@ def stream_prediction(request: Request, runtime: RuntimeDep, prediction_id: str,
     """Replicate's stream events: `logs` as the job advances, `output` with its URL(s), `error`, then `done`."""
     job = _own(request, runtime, prediction_id, key_id)
     release = request.app.state.stream_slots.acquire(job.key_id)
+    # The background task also releases the slot when the client left before the first event.
     return EventSourceResponse(
-        _events(request, runtime, job, release), ping=PING_S, headers={"Cache-Control": "no-store"}
+        _events(request, runtime, job, release),
+        ping=PING_S,
+        headers={"Cache-Control": "no-store"},
+        background=BackgroundTask(release),
     )
 
 

@@ -26,7 +26,12 @@ STATUS = {
 
 def problem(request: Request, error: FluxeditError) -> JSONResponse:
     """Replicate's error body: the client's ReplicateError reads title, detail and status from it."""
-    body = {"type": error.code, "title": error.code.replace("_", " "), "detail": error.message, "status": error.status}
+    body = {
+        "type": error.code,
+        "title": error.code.replace("_", " ").capitalize(),
+        "detail": error.message,
+        "status": error.status,
+    }
     headers = {}
     if getattr(error, "retry_after_s", None) is not None:
         headers["Retry-After"] = str(int(max(1, error.retry_after_s)))
