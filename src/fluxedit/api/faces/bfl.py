@@ -17,7 +17,7 @@ from fluxedit.api.deps import RuntimeDep
 from fluxedit.api.faces.bfl_input import edit_input, served_id
 from fluxedit.api.faces.bfl_result import PREFIX, detail, not_found, polling_url, task_result
 from fluxedit.api.faces.errors import face_route
-from fluxedit.api.routes import queue_job
+from fluxedit.api.routes import base_url, queue_job
 from fluxedit.errors import InvalidInput
 
 
@@ -46,7 +46,7 @@ def get_result(
     if job is None:
         request.app.state.guesses.miss(key_id, id)
         return not_found(id)
-    return task_result(request, runtime, job)
+    return task_result(base_url(request), runtime, job)
 
 
 @router.post("/v1/{model}")

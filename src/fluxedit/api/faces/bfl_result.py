@@ -30,13 +30,15 @@ def not_found(task_id: str) -> dict:
     return {"id": task_id, "status": "Task not found", "result": None, "progress": None, "details": None}
 
 
-def task_result(request: Request, runtime: Runtime, job: Job) -> dict:
-    """BFL's answer for a task: Pending with progress (0..1), Ready with result.sample, Error, or moderated."""
+def task_result(base: str, runtime: Runtime, job: Job) -> dict:
+    """BFL's answer for a task, its URLs under `base` (the server's public URL): Pending with progress
+    (0..1), Ready with result.sample, Error, or moderated. A plain function of the job, for get_result
+    and webhook bodies alike."""
     answer = {"id": job.id, "status": status(job), "result": None, "progress": None, "details": None, "preview": None}
     if not job.state.finished:
         answer["progress"] = round((job.step or 0) / job.total_steps, 3) if job.total_steps else 0.0
     elif job.state == JobState.completed and job.outputs:
-        answer["result"] = _sample(request, runtime, job)
+        answer["result"] = _sample(base, runtime, job)
     elif job.state == JobState.cancelled:
         answer["details"] = {"message": "The task was cancelled."}
     else:
@@ -52,10 +54,10 @@ def status(job: Job) -> str:
     return "Content Moderated" if job.error_code == MODERATED else "Error"
 
 
-def _sample(request: Request, runtime: Runtime, job: Job) -> dict:
+def _sample(base: str, runtime: Runtime, job: Job) -> dict:
     started, finished = job.started_at, job.finished_at
     return {
-        "sample": runtime.storage.url(job.outputs[0], base_url(request)),
+        "sample": runtime.storage.url(job.outputs[0], base),
         "prompt": job.input.get("prompt"),
         "seed": job.seed,
         "start_time": started.timestamp() if started else None,

@@ -13,6 +13,10 @@ import hmac
 import json
 import time
 
+from fluxedit.api.faces.bfl_result import task_result
+from fluxedit.jobs.store import Job
+from fluxedit.runtime import Runtime
+
 SIGNATURE_HEADER = "X-BFL-Signature"
 
 
@@ -32,3 +36,8 @@ def verify(body: bytes, signature: str | None, secret: str) -> bool:
         return False
     expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, signature.removeprefix("sha256="))
+
+
+def delivery(runtime: Runtime, job: Job, base: str, secret: str | None) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) of the webhook for a finished `job`, signed with the `webhook_secret` it was sent."""
+    return render(task_result(base, runtime, job), secret)

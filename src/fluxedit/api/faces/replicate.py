@@ -84,13 +84,13 @@ def list_predictions(
     return {
         "next": f"{root}?cursor={next_cursor}" if next_cursor else None,
         "previous": None,
-        "results": [prediction(request, runtime, job) for job in jobs],
+        "results": [prediction(base_url(request), runtime, job) for job in jobs],
     }
 
 
 @router.get("/v1/predictions/{prediction_id}")
 def get_prediction(request: Request, runtime: RuntimeDep, prediction_id: str, key_id: KeyId) -> dict:
-    return prediction(request, runtime, _own(request, runtime, prediction_id, key_id))
+    return prediction(base_url(request), runtime, _own(request, runtime, prediction_id, key_id))
 
 
 @router.post("/v1/predictions/{prediction_id}/cancel")
@@ -103,7 +103,7 @@ def cancel_prediction(request: Request, runtime: RuntimeDep, prediction_id: str,
         raise
     except JobConflict:
         job = _own(request, runtime, prediction_id, key_id)
-    return prediction(request, runtime, job)
+    return prediction(base_url(request), runtime, job)
 
 
 @router.get("/v1/predictions/{prediction_id}/stream", response_class=EventSourceResponse)
@@ -158,7 +158,7 @@ async def _create(
     if seconds is not None:
         job = await wait_until_finished(runtime, job, seconds)
         headers["Preference-Applied"] = f"wait={seconds}"
-    body_out = await run_in_threadpool(prediction, request, runtime, job, waited=seconds is not None)
+    body_out = await run_in_threadpool(prediction, base_url(request), runtime, job, waited=seconds is not None)
     headers["Location"] = body_out["urls"]["get"]
     return JSONResponse(body_out, status_code=201, headers=headers)
 
@@ -218,7 +218,7 @@ async def _events(request: Request, runtime: Runtime, job: Job, release) -> Asyn
     # and Last-Event-ID resumes after the change it names.
     try:
         async for current in changes(runtime, job, since=request.headers.get("last-event-id")):
-            body = await run_in_threadpool(prediction, request, runtime, current)
+            body = await run_in_threadpool(prediction, base_url(request), runtime, current)
             at = position(current)
             if body["logs"]:
                 yield ServerSentEvent(body["logs"].strip(), event="logs", id=at)

@@ -8,7 +8,6 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from fluxedit.api.faces.replicate_input import model_table, replicate_name, version_id
-from fluxedit.api.routes import base_url
 from fluxedit.errors import FluxeditError
 from fluxedit.jobs.state import JobState
 from fluxedit.jobs.store import Job
@@ -38,17 +37,18 @@ def problem(request: Request, error: FluxeditError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status, media_type="application/problem+json", headers=headers)
 
 
-def prediction(request: Request, runtime: Runtime, job: Job, *, waited: bool = False) -> dict:
-    """The prediction object of a job. `waited`: answering a `Prefer: wait` that ran out, so an
-    unfinished job reads "starting", which tells Replicate's client to keep polling."""
-    root = f"{base_url(request)}{PREFIX}/v1/predictions/{job.id}"
+def prediction(base: str, runtime: Runtime, job: Job, *, waited: bool = False) -> dict:
+    """The prediction object of a job, its URLs under `base` (the server's public URL); a plain
+    function of the job, for answers and webhook bodies alike. `waited`: answering a `Prefer: wait`
+    that ran out, so an unfinished job reads "starting", which tells Replicate's client to keep polling."""
+    root = f"{base}{PREFIX}/v1/predictions/{job.id}"
     status = "starting" if waited and not job.state.finished else STATUS[job.state]
     return {
         "id": job.id,
         "model": replicate_name(model_table(runtime.settings.replicate_models), job.model_id),
         "version": version_id(job.model_id),
         "input": job.input,
-        "output": _output(request, runtime, job),
+        "output": _output(base, runtime, job),
         "error": job.error_message if job.state == JobState.failed else None,
         "logs": _logs(job),
         "status": status,
@@ -61,10 +61,10 @@ def prediction(request: Request, runtime: Runtime, job: Job, *, waited: bool = F
     }
 
 
-def _output(request: Request, runtime: Runtime, job: Job) -> str | list[str] | None:
+def _output(base: str, runtime: Runtime, job: Job) -> str | list[str] | None:
     if job.state != JobState.completed or not job.outputs:
         return None
-    urls = [runtime.storage.url(key, base_url(request)) for key in job.outputs]
+    urls = [runtime.storage.url(key, base) for key in job.outputs]
     return urls[0] if len(urls) == 1 else urls  # Replicate's FLUX.2 models output one URI
 
 

@@ -15,8 +15,11 @@ import hashlib
 import hmac
 import json
 
+from fluxedit.api.faces.replicate_prediction import prediction
 from fluxedit.errors import InvalidInput
 from fluxedit.jobs.state import JobState
+from fluxedit.jobs.store import Job
+from fluxedit.runtime import Runtime
 from fluxedit.storage.signing import UrlSigner
 
 EVENTS = ("start", "output", "logs", "completed")
@@ -64,3 +67,9 @@ def render(prediction: dict, secret: str, message_id: str, timestamp: int) -> tu
         "webhook-signature": f"v1,{signature}",
     }
     return body, headers
+
+
+def delivery(runtime: Runtime, job: Job, base: str, message_id: str, timestamp: int) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) of the webhook for `job` as it is now, signed with its key's secret."""
+    body = prediction(base, runtime, job)
+    return render(body, signing_secret(runtime.signer, job.key_id), message_id, timestamp)
