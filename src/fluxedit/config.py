@@ -46,6 +46,10 @@ class Settings(BaseSettings):
         0.1, gt=0, le=5, description="How often a status stream or a `Prefer: wait` reads its job's row."
     )
     max_streams_per_key: int = Field(8, ge=1, description="Open status streams per API key and API process.")
+    replicate_models: dict[str, str] = Field(
+        default_factory=dict,
+        description='Replicate model names -> served ids, over the defaults, e.g. {"acme/edit": "my/model/edit"}.',
+    )
     max_unknown_ids_per_minute: int = Field(
         30, ge=1, description="Lookups of request ids a key does not have, per key and minute; more answer 429."
     )

@@ -12,6 +12,8 @@ from fluxedit import __version__
 from fluxedit.api.docs import install_docs
 from fluxedit.api.errors import install_error_handlers
 from fluxedit.api.events import StreamSlots
+from fluxedit.api.faces import bfl as bfl_face
+from fluxedit.api.faces import replicate as replicate_face
 from fluxedit.api.faces.fal import router as fal_router
 from fluxedit.api.guesses import GuessLimit
 from fluxedit.api.limits import BodySizeLimit
@@ -52,6 +54,8 @@ def create_app(runtime: Runtime, *, allow_unauthenticated: bool = False) -> Fast
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_request_bytes)
     app.include_router(router)
+    app.include_router(replicate_face.router)
+    app.include_router(bfl_face.router)
     install_docs(app)
     app.include_router(fal_router)  # fal's queue API under /fal (api/faces/fal.py)
     playground = resources.files("fluxedit.api") / "playground"
