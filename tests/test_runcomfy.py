@@ -122,7 +122,6 @@ def test_a_field_the_local_engine_cannot_honour_is_refused(server, body, change,
     assert answer.json()["error"]["field"] == field and field in answer.json()["error_message"]
 
 
-@pytest.mark.xfail(strict=True, reason="needs submit to store data: URIs as files (branch wt-hard); remove on merge")
 def test_results_and_lists_never_echo_a_data_uri(server):
     noise = Image.frombytes("RGB", (1300, 1300), os.urandom(1300 * 1300 * 3))
     buffer = io.BytesIO()
