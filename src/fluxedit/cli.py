@@ -67,7 +67,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     runtime = open_runtime(settings, args.model, run_jobs=not args.no_workers)
     if not no_auth and runtime.keys.count_active() == 0:
         key_id, secret = runtime.keys.create("default")
-        print(f"Created the first API key (shown once, keep it): {secret}", flush=True)
+        webhook_secret = runtime.keys.webhook_secret(key_id)
+        print(
+            f"Created the first API key (shown once, keep it): {secret} (its webhook signing secret: {webhook_secret})",
+            flush=True,
+        )
     print(f"fluxedit serving {', '.join(runtime.models)} on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(
         create_app(runtime, allow_unauthenticated=no_auth), host=args.host, port=args.port, log_level=args.log_level
@@ -98,8 +102,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     upgrade_database(keys.engine)  # `keys create` may come before the first `serve`
     if args.keys_command == "create":
         key_id, secret = keys.create(args.name)
-        print(secret)
-        print(f"key id {key_id} ({args.name}); the secret is shown once and stored only as a hash.", file=sys.stderr)
+        print(secret, keys.webhook_secret(key_id))
+        print(
+            f"key id {key_id} ({args.name}): the API key, shown once and stored only as a hash, then its webhook "
+            "signing secret (GET /v1/webhooks/secret answers it again).",
+            file=sys.stderr,
+        )
     elif args.keys_command == "list":
         for key in keys.list_keys():
             state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"

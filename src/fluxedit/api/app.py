@@ -12,12 +12,14 @@ from fluxedit import __version__
 from fluxedit.api.errors import install_error_handlers
 from fluxedit.api.limits import BodySizeLimit
 from fluxedit.api.routes import router
+from fluxedit.api.webhooks import router as webhooks_router
 from fluxedit.jobs.periodic import Periodic
 from fluxedit.runtime import Runtime
 
 
 def create_app(runtime: Runtime, *, allow_unauthenticated: bool = False) -> FastAPI:
-    """The ASGI app over `runtime` (see fluxedit.runtime.open_runtime); it starts and stops the dispatcher.
+    """The ASGI app over `runtime` (see fluxedit.runtime.open_runtime); it starts and stops the
+    dispatcher and the webhook deliverer (API processes deliver webhooks).
 
     allow_unauthenticated: no API keys (the CLI allows it only on a loopback bind).
     """
@@ -27,11 +29,15 @@ def create_app(runtime: Runtime, *, allow_unauthenticated: bool = False) -> Fast
         sweeper = Periodic("fluxedit-sweep", runtime.settings.sweep_interval_s, runtime.sweep)
         if runtime.dispatcher is not None:
             runtime.dispatcher.start()
+        if runtime.deliverer is not None:
+            runtime.deliverer.start()
         sweeper.start()
         yield
         sweeper.stop(timeout=5)
         if runtime.dispatcher is not None:
             runtime.dispatcher.stop()
+        if runtime.deliverer is not None:
+            runtime.deliverer.stop()
 
     app = FastAPI(
         title="fluxedit",
@@ -44,6 +50,7 @@ def create_app(runtime: Runtime, *, allow_unauthenticated: bool = False) -> Fast
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_request_bytes)
     app.include_router(router)
+    app.include_router(webhooks_router)
     playground = resources.files("fluxedit.api") / "playground"
     app.mount("/playground", StaticFiles(directory=str(playground)), name="playground")
     return app

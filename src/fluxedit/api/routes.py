@@ -12,27 +12,25 @@ from fastapi import APIRouter, Depends, Header, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image, UnidentifiedImageError
 
+from fluxedit.api import render
 from fluxedit.api.auth import require_key
 from fluxedit.api.deps import RuntimeDep
+from fluxedit.api.webhooks import WEBHOOK_BODY_DOC, RequestedWebhook
 from fluxedit.errors import FluxeditError, InvalidInput, NotFound
 from fluxedit.images.formats import IMAGE_TYPES
 from fluxedit.jobs.store import Job
 from fluxedit.runtime import Runtime
 from fluxedit.schema import (
     EditInput,
-    EditOutput,
     ErrorResponse,
     FileUploadResponse,
-    JobError,
     JobState,
     ModelInfo,
     ModelList,
-    Progress,
     RequestList,
     ResultResponse,
     StatusResponse,
     SubmitResponse,
-    Timings,
 )
 from fluxedit.storage import guess_content_type
 
@@ -47,43 +45,16 @@ def base_url(request: Request) -> str:
     return (public or str(request.base_url)).rstrip("/")
 
 
-def _urls(request: Request, job_id: str) -> dict[str, str]:
-    root = f"{base_url(request)}/v1/requests/{job_id}"
-    return {"status_url": f"{root}/status", "result_url": f"{root}/result", "cancel_url": f"{root}/cancel"}
+def _queue_position(runtime: Runtime, job: Job) -> int | None:
+    return runtime.store.queue_position(job) if job.state == JobState.in_queue else None
 
 
-def _status_fields(request: Request, runtime: Runtime, job: Job) -> dict:
-    fields = dict(
-        request_id=job.id,
-        model_id=job.model_id,
-        status=job.state,
-        attempts=job.attempts,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        **_urls(request, job.id),
-    )
-    if job.state == JobState.in_queue:
-        fields["queue_position"] = runtime.store.queue_position(job)
-    if job.total_steps:
-        fields["progress"] = Progress(step=job.step or 0, total=job.total_steps)
-    if job.error_code:
-        fields["error"] = JobError(code=job.error_code, message=job.error_message or "", index=job.error_index)
-    return fields
+def _status(request: Request, runtime: Runtime, job: Job) -> StatusResponse:
+    return render.status_response(job, base_url(request), _queue_position(runtime, job))
 
 
 def _result(request: Request, runtime: Runtime, job: Job) -> ResultResponse:
-    fields = _status_fields(request, runtime, job)
-    if job.state == JobState.completed:
-        base = base_url(request)
-        fields.update(
-            output=EditOutput(images=[runtime.storage.url(key, base) for key in job.outputs]),
-            seed=job.seed,
-            width=job.width,
-            height=job.height,
-            timings=Timings(**(job.timings or {})),
-        )
-    return ResultResponse(**fields, input=job.input)
+    return render.result_response(job, base_url(request), runtime.storage, _queue_position(runtime, job))
 
 
 def _own_job(runtime: Runtime, request_id: str, key_id: str) -> Job:
@@ -121,16 +92,23 @@ def list_models(runtime: RuntimeDep, key_id: KeyId) -> ModelList:
     )
 
 
-@router.post("/v1/models/{model_id:path}", response_model=SubmitResponse, tags=["requests"], responses=ERRORS)
+@router.post(
+    "/v1/models/{model_id:path}",
+    response_model=SubmitResponse,
+    tags=["requests"],
+    responses=ERRORS,
+    openapi_extra=WEBHOOK_BODY_DOC,
+)
 def submit(
     request: Request,
     runtime: RuntimeDep,
     model_id: str,
     body: EditInput,
     key_id: KeyId,
+    webhook: RequestedWebhook,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> SubmitResponse:
-    """Queue an edit. Answers at once with the URLs to poll."""
+    """Queue an edit. Answers at once with the URLs to poll; with a webhook, events are also POSTed there."""
     model = runtime.models.get(model_id)
     if model is None:
         served = ", ".join(sorted(runtime.models))
@@ -147,10 +125,13 @@ def submit(
         body.model_dump(mode="json", exclude_none=True),
         max_queued=runtime.settings.max_queued_per_model,
         idempotency_key=idempotency_key,
+        webhook_url=webhook.url if webhook else None,
+        webhook_filter=webhook.events if webhook else None,
+        base_url=str(request.base_url),
     )
     if runtime.dispatcher is not None:
         runtime.dispatcher.notify(job)
-    return SubmitResponse(request_id=job.id, status=job.state, **_urls(request, job.id))
+    return SubmitResponse(request_id=job.id, status=job.state, **render.request_urls(base_url(request), job.id))
 
 
 @router.get("/v1/requests", response_model=RequestList, tags=["requests"], responses=ERRORS)
@@ -168,7 +149,7 @@ def list_requests(
 
 @router.get("/v1/requests/{request_id}/status", response_model=StatusResponse, tags=["requests"], responses=ERRORS)
 def status(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId) -> StatusResponse:
-    return StatusResponse(**_status_fields(request, runtime, _own_job(runtime, request_id, key_id)))
+    return _status(request, runtime, _own_job(runtime, request_id, key_id))
 
 
 @router.get("/v1/requests/{request_id}/result", response_model=ResultResponse, tags=["requests"], responses=ERRORS)
@@ -181,7 +162,7 @@ def result(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId
 def cancel(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId) -> StatusResponse:
     """Queued: cancelled at once. Running: stops at its next denoising step. Finished: 409."""
     job = runtime.store.cancel(request_id, key_id)  # 404 (NotFound) when not this key's
-    return StatusResponse(**_status_fields(request, runtime, job))
+    return _status(request, runtime, job)
 
 
 @router.post("/v1/files", response_model=FileUploadResponse, tags=["files"], responses=ERRORS)
