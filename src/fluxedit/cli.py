@@ -102,10 +102,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
     upgrade_database(keys.engine)  # `keys create` may come before the first `serve`
     if args.keys_command == "create":
         key_id, secret = keys.create(args.name)
-        print(secret, keys.webhook_secret(key_id))
+        print(secret)  # alone on stdout: scripts capture it (KEY=$(fluxedit keys create))
         print(
-            f"key id {key_id} ({args.name}): the API key, shown once and stored only as a hash, then its webhook "
-            "signing secret (GET /v1/webhooks/secret answers it again).",
+            f"key id {key_id} ({args.name}); the key is shown once and stored only as a hash. "
+            f"Its webhook signing secret: {keys.webhook_secret(key_id)} (GET /v1/webhooks/secret answers it again)",
             file=sys.stderr,
         )
     elif args.keys_command == "list":
