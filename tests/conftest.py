@@ -6,4 +6,5 @@ pytest_plugins = [
     "_fixtures_cluster",
     "_fixtures_bfl",
     "_fixtures_playground",
+    "_fixtures_webhooks",
 ]

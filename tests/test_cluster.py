@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
@@ -32,6 +33,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 ALPHA = "test/alpha/edit"
 BETA = "test/beta/edit"
 MODEL_FLAGS = ["--model", f"{ALPHA}=tiny", "--model", f"{BETA}=tiny"]
+HEAD_REVISION = "0002"  # the newest file in src/fluxedit/jobs/migrations/versions/
 
 
 def _reference() -> str:
@@ -134,6 +136,7 @@ def cluster(tmp_path_factory, new_postgres_database, redis_url, s3_server):
         "secret_key": "cluster-test-secret-shared-by-all",
         "lease_s": "5",
         "recover_interval_s": "1",
+        "fetch_allow": '["127.0.0.1"]',  # the tests' webhook receiver
         **{k.removeprefix("FLUXEDIT_").lower(): v for k, v in s3_server.settings_env(bucket, "fx").items()},
     }
     cluster = Cluster(tmp_path_factory, settings, database_url, s3_server, bucket)
@@ -159,7 +162,7 @@ def test_postgres_schema_comes_from_the_migrations(cluster: Cluster) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    assert current_revision(cluster.database_url) == "0001"
+    assert current_revision(cluster.database_url) == HEAD_REVISION
     engine = open_database(cluster.database_url)
     try:
         with engine.connect() as conn:
@@ -182,7 +185,7 @@ def test_a_database_made_by_create_all_is_adopted(new_postgres_database) -> None
         )
     upgrade_database(url)
     upgrade_database(url)  # a second start finds it current
-    assert current_revision(url) == "0001"
+    assert current_revision(url) == HEAD_REVISION
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT name FROM api_keys")).scalar_one() == "old"
     engine.dispose()
@@ -316,3 +319,25 @@ def test_a_worker_killed_mid_job_leaves_it_to_the_other(cluster: Cluster) -> Non
     cluster.start_worker().wait_for_output(r"\bready\.")
     more = [cluster.submit(BETA, edit_body(), via=n) for n in range(4)]
     assert all(cluster.wait_for(r, {"completed", "failed", "cancelled"})["status"] == "completed" for r in more)
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+def test_twenty_webhooks_from_two_workers_are_each_sent_once_by_the_two_api_processes(cluster, webhook_receiver):
+    # Workers write the events; both API processes look for them and race to claim each one.
+    body = {**edit_body(), "webhook": webhook_receiver.url("/cluster"), "webhook_events_filter": ["completed"]}
+    ids = [cluster.submit((ALPHA, BETA)[n % 2], body, via=n) for n in range(20)]
+    for rid in ids:
+        assert cluster.wait_for(rid, {"completed", "failed", "cancelled"})["status"] == "completed"
+    hooks = webhook_receiver.wait_for("/cluster", lambda hooks: len(hooks) >= 20, timeout_s=120)
+    time.sleep(1)  # room for a second send of any event, were one made
+    hooks = webhook_receiver.hooks("/cluster")
+
+    assert sorted(h.json["data"]["request_id"] for h in hooks) == sorted(ids)
+    assert set(Counter(h.id for h in hooks).values()) == {1}, "no event was sent twice"
+    with cluster.client(1) as http:
+        secret = http.get("/v1/webhooks/secret").json()["secret"]
+        logs = [http.get(f"/v1/requests/{rid}/webhooks").json() for rid in ids]
+    assert all(webhook_receiver.verify(h, secret)["type"] == "request.completed" for h in hooks)
+    assert all([len(e["attempts"]) for e in log["events"]] == [1] for log in logs), "one attempt each"

@@ -68,7 +68,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     runtime = open_runtime(settings, args.model, run_jobs=not args.no_workers)
     if not no_auth and runtime.keys.count_active() == 0:
         key_id, secret = runtime.keys.create("default")
-        print(f"Created the first API key (shown once, keep it): {secret}", flush=True)
+        webhook_secret = runtime.keys.webhook_secret(key_id)
+        print(
+            f"Created the first API key (shown once, keep it): {secret} (its webhook signing secret: {webhook_secret})",
+            flush=True,
+        )
     scheme = "https" if tls else "http"
     print(f"fluxedit serving {', '.join(runtime.models)} on {scheme}://{args.host}:{args.port}", flush=True)
     uvicorn.run(
@@ -118,8 +122,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     upgrade_database(keys.engine)  # `keys create` may come before the first `serve`
     if args.keys_command == "create":
         key_id, secret = keys.create(args.name)
-        print(secret)
-        print(f"key id {key_id} ({args.name}); the secret is shown once and stored only as a hash.", file=sys.stderr)
+        print(secret)  # alone on stdout: scripts capture it (KEY=$(fluxedit keys create))
+        print(
+            f"key id {key_id} ({args.name}); the key is shown once and stored only as a hash. "
+            f"Its webhook signing secret: {keys.webhook_secret(key_id)} (GET /v1/webhooks/secret answers it again)",
+            file=sys.stderr,
+        )
     elif args.keys_command == "list":
         for key in keys.list_keys():
             state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"

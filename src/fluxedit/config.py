@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Ten tries over about eight hours, like the hosted providers' (fal: 10 over 2 h).
+DEFAULT_WEBHOOK_RETRY_S = (5.0, 30.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)
 
 
 def default_data_dir() -> Path:
@@ -80,6 +83,22 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(2.0, gt=0, description="Local workers look for queued jobs at least this often.")
     recover_interval_s: float = Field(5.0, gt=0, description="How often jobs with expired leases are re-queued.")
 
+    # --- webhooks (delivered by the API processes) ----------------------------------
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="A delivery without a 2xx answer within this long is retried."
+    )
+    webhook_retry_s: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_RETRY_S),
+        description="Delays before each retry of a failed delivery; one try more than there are delays.",
+    )
+    webhook_progress_interval_s: float = Field(
+        1.0, ge=0, description="At most one progress event per request this often."
+    )
+    webhook_poll_interval_s: float = Field(
+        0.25, gt=0, description="How often an API process looks for events other processes wrote."
+    )
+    webhook_concurrency: int = Field(16, ge=1, description="Deliveries in flight at once per API process.")
+
     # --- the cluster mode (broker_url set) ----------------------------------------
     broker_visibility_timeout_s: int = Field(
         3600, ge=60, description="Redis: an unacknowledged message is delivered again after this long."
@@ -120,6 +139,13 @@ class Settings(BaseSettings):
     bfl_busy_retry_s: float = Field(120.0, ge=0, description="How long a submit is retried while BFL answers 429.")
     bfl_network_retries: int = Field(3, ge=0, description="Retries of one call to BFL after a network error.")
     bfl_backoff_s: float = Field(0.5, gt=0, description="First wait between polls and retries; grows up to 5 s.")
+
+    @field_validator("webhook_retry_s")
+    @classmethod
+    def _delays_not_negative(cls, delays: list[float]) -> list[float]:
+        if any(delay < 0 for delay in delays):
+            raise ValueError("webhook_retry_s: every delay must be 0 or more seconds")
+        return delays
 
     @property
     def resolved_database_url(self) -> str:

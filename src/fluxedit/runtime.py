@@ -3,8 +3,9 @@
 `fluxedit serve`, `fluxedit worker`, `fluxedit edit`, the Celery task and the tests
 all start from `open_runtime` (or, for a single engine, `served_models`): the
 engines (one per distinct source, shared by the ids that alias it), the job and
-key stores, the URL signer, the storage, the resolver of issued URLs and the
-dispatcher. Nothing else in the package assembles these.
+key stores, the URL signer, the storage, the resolver of issued URLs, the
+dispatcher and the webhook deliverer (started by API processes only). Nothing
+else in the package assembles these.
 
 A process that runs no jobs itself (the API of a cluster, or `serve --no-workers`)
 builds no engine at all, so it never imports torch.
@@ -12,22 +13,30 @@ builds no engine at all, so it never imports torch.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from fluxedit.config import Settings
 from fluxedit.engines.base import Engine
 from fluxedit.engines.registry import describe_source, make_engine, model_pairs
 from fluxedit.jobs.dispatch import Dispatcher, LocalDispatcher
-from fluxedit.jobs.keys import KeyStore
+from fluxedit.jobs.keys import WEBHOOK_SECRET_PREFIX, KeyStore
 from fluxedit.jobs.migrate import upgrade_database
+from fluxedit.jobs.outbox import Outbox, OutboxEvent
 from fluxedit.jobs.store import JobStore
 from fluxedit.jobs.worker import WorkerContext
-from fluxedit.storage import open_storage, resolve_issued_url
+from fluxedit.storage import load_secret, open_storage, resolve_issued_url
 from fluxedit.storage.base import Storage
 from fluxedit.storage.signing import UrlSigner
+from fluxedit.webhooks.deliverer import Deliverer
+from fluxedit.webhooks.formats import RenderContext, render
+from fluxedit.webhooks.sender import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +90,9 @@ class Runtime:
     keys: KeyStore
     signer: UrlSigner
     storage: Storage
+    outbox: Outbox
     dispatcher: Dispatcher | None = None
+    deliverer: Deliverer | None = None
 
     def resolve_local(self, url: str) -> bytes | None:
         """The bytes of a URL this service issued (uploads), read from storage; None for any other URL."""
@@ -101,7 +112,30 @@ class Runtime:
         if removed:
             log.info("swept %d expired files", removed)
 
+    def webhook_secret(self, key_id: str) -> str:
+        """The secret that signs `key_id`'s webhooks.
+
+        A key id with no key row (the unauthenticated mode's) gets one derived from
+        the URL-signing secret, the same in every process that shares that secret.
+        """
+        stored = self.keys.webhook_secret(key_id)
+        if stored:
+            return stored
+        digest = hmac.new(load_secret(self.settings), f"webhook secret\n{key_id}".encode(), hashlib.sha256).digest()
+        return WEBHOOK_SECRET_PREFIX + base64.b64encode(digest).decode("ascii")
+
+    def render_webhook(self, event: OutboxEvent, now: datetime) -> Delivery:
+        """One attempt's request for `event`, rendered and signed in its format."""
+        context = RenderContext(self.storage, self.settings.public_url, self.webhook_secret, self._job_input)
+        return render(event, context, now)
+
+    def _job_input(self, job_id: str) -> dict:
+        job = self.store.get(job_id)
+        return job.input if job is not None else {}
+
     def close(self) -> None:
+        if self.deliverer is not None:
+            self.deliverer.stop()
         self.store.dispose()
 
 
@@ -116,7 +150,7 @@ def open_runtime(
     process brings its own consumer).
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = JobStore(settings.resolved_database_url)
+    store = JobStore(settings.resolved_database_url, progress_interval_s=settings.webhook_progress_interval_s)
     upgrade_database(store.engine)  # Alembic on PostgreSQL, create_all on SQLite
     signer = UrlSigner.from_settings(settings)
     local_workers = run_jobs and not settings.broker_url and dispatch == "auto"
@@ -127,8 +161,11 @@ def open_runtime(
         keys=KeyStore(store.engine),  # the same database: one connection pool, not two
         signer=signer,
         storage=open_storage(settings, signer),
+        outbox=Outbox(store.engine),
     )
     runtime.dispatcher = _dispatcher(runtime, local_workers=local_workers, dispatch=dispatch)
+    runtime.deliverer = Deliverer(runtime.outbox, runtime.render_webhook, settings)
+    store.on_event(runtime.deliverer.wake)  # events this process writes go out at once, not at the next poll
     return runtime
 
 

@@ -175,6 +175,27 @@ class EditInput(BaseModel):
         return sizes.resolve_size(size, first_reference)
 
 
+WebhookEvent = Literal["start", "progress", "completed"]
+
+
+class WebhookRequest(BaseModel):
+    """Where to send a request's webhooks: part of the submit body (or `?webhook=`), not a model input."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    webhook: str | None = Field(
+        None,
+        max_length=image_url.MAX_URL_CHARS,
+        description="An http(s) URL that receives a signed POST (Standard Webhooks) for the events asked for.",
+    )
+    webhook_events_filter: list[WebhookEvent] | None = Field(
+        None,
+        min_length=1,
+        description='Which events to send: "start", "progress", "completed" (any end: completed, failed or '
+        'cancelled). Default ["completed"].',
+    )
+
+
 def invalid_input(errors: list[dict]) -> InvalidInput:
     """pydantic's errors for an input -> one InvalidInput: the first problem, its field and reference index."""
     first = errors[0] if errors else {}
@@ -248,6 +269,8 @@ class StatusResponse(BaseModel):
     status_url: str
     result_url: str
     cancel_url: str
+    webhook: str | None = Field(None, description="Where this request's webhooks go, if it has one.")
+    webhook_events_filter: list[WebhookEvent] | None = Field(None, description="The events sent to the webhook.")
 
 
 class CancelResponse(StatusResponse):
@@ -281,6 +304,38 @@ class ResultResponse(StatusResponse):
 class RequestList(BaseModel):
     requests: list[ResultResponse]
     next_cursor: str | None = None
+
+
+class WebhookSecret(BaseModel):
+    secret: str = Field(..., description="This API key's webhook signing secret (whsec_..., Standard Webhooks).")
+
+
+class WebhookAttempt(BaseModel):
+    number: int = Field(..., description="1 for the first try.")
+    started_at: datetime
+    finished_at: datetime | None = Field(None, description="None while it is being sent.")
+    status_code: int | None = Field(None, description="The receiver's HTTP status, when it answered.")
+    error: str | None = Field(None, description="What went wrong, when it did not answer with a 2xx.")
+    next_attempt_at: datetime | None = Field(None, description="When the next try was scheduled after this one.")
+
+
+class WebhookEventLog(BaseModel):
+    id: str = Field(..., description="The webhook-id header: the same on every try of this event.")
+    type: str = Field(..., description="request.started, request.progress, request.completed, ...")
+    created_at: datetime
+    state: Literal["pending", "delivered", "failed", "gone", "refused", "dropped"] = Field(
+        ...,
+        description="pending (to be tried), delivered (2xx), failed (every try failed), gone (410), "
+        "refused (the destination is not allowed), dropped (a progress event overtaken by a newer event).",
+    )
+    next_attempt_at: datetime | None = None
+    attempts: list[WebhookAttempt]
+
+
+class WebhookLog(BaseModel):
+    request_id: str
+    webhook: str | None = None
+    events: list[WebhookEventLog]
 
 
 class ModelInfo(BaseModel):

@@ -18,12 +18,14 @@ from fluxedit.api.faces.fal import router as fal_router
 from fluxedit.api.guesses import GuessLimit
 from fluxedit.api.limits import BodySizeLimit
 from fluxedit.api.routes import router
+from fluxedit.api.webhooks import router as webhooks_router
 from fluxedit.jobs.periodic import Periodic
 from fluxedit.runtime import Runtime
 
 
 def create_app(runtime: Runtime, *, allow_unauthenticated: bool = False) -> FastAPI:
-    """The ASGI app over `runtime` (see fluxedit.runtime.open_runtime); it starts and stops the dispatcher.
+    """The ASGI app over `runtime` (see fluxedit.runtime.open_runtime); it starts and stops the
+    dispatcher and the webhook deliverer (API processes deliver webhooks).
 
     allow_unauthenticated: no API keys (the CLI allows it only on a loopback bind).
     """
@@ -33,11 +35,15 @@ def create_app(runtime: Runtime, *, allow_unauthenticated: bool = False) -> Fast
         sweeper = Periodic("fluxedit-sweep", runtime.settings.sweep_interval_s, runtime.sweep)
         if runtime.dispatcher is not None:
             runtime.dispatcher.start()
+        if runtime.deliverer is not None:
+            runtime.deliverer.start()
         sweeper.start()
         yield
         sweeper.stop(timeout=5)
         if runtime.dispatcher is not None:
             runtime.dispatcher.stop()
+        if runtime.deliverer is not None:
+            runtime.deliverer.stop()
 
     app = FastAPI(
         title="fluxedit",
@@ -58,6 +64,7 @@ def create_app(runtime: Runtime, *, allow_unauthenticated: bool = False) -> Fast
     app.include_router(bfl_face.router)
     install_docs(app)
     app.include_router(fal_router)  # fal's queue API under /fal (api/faces/fal.py)
+    app.include_router(webhooks_router)
     playground = resources.files("fluxedit.api") / "playground"
     app.mount("/playground", StaticFiles(directory=str(playground)), name="playground")
     return app

@@ -12,11 +12,13 @@ from fastapi.responses import HTMLResponse, Response
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
+from fluxedit.api import render
 from fluxedit.api.auth import require_key
 from fluxedit.api.deps import RuntimeDep
 from fluxedit.api.events import stream_response, wait_seconds, wait_until_finished
 from fluxedit.api.faces.fal_apps import apps_of
 from fluxedit.api.inline import store_inline_images
+from fluxedit.api.webhooks import WEBHOOK_BODY_DOC, RequestedWebhook, WebhookTarget
 from fluxedit.engines.capabilities import capabilities_of
 from fluxedit.errors import FluxeditError, InvalidInput, NotFound
 from fluxedit.images.sniff import sniff_upload
@@ -26,19 +28,15 @@ from fluxedit.runtime import Runtime, ServedModel
 from fluxedit.schema import (
     CancelResponse,
     EditInput,
-    EditOutput,
     ErrorResponse,
     FileUploadResponse,
-    JobError,
     JobState,
     ModelInfo,
     ModelList,
-    Progress,
     RequestList,
     ResultResponse,
     StatusResponse,
     SubmitResponse,
-    Timings,
 )
 from fluxedit.storage import guess_content_type
 
@@ -52,45 +50,19 @@ def base_url(request: Request) -> str:
     return (public or str(request.base_url)).rstrip("/")
 
 
-def _urls(request: Request, job_id: str) -> dict[str, str]:
-    root = f"{base_url(request)}/v1/requests/{job_id}"
-    return {"status_url": f"{root}/status", "result_url": f"{root}/result", "cancel_url": f"{root}/cancel"}
+def _queue_position(runtime: Runtime, job: Job) -> int | None:
+    return runtime.store.queue_position(job) if job.state == JobState.in_queue else None
 
 
 def _status_fields(request: Request, runtime: Runtime, job: Job) -> dict:
-    fields = dict(
-        request_id=job.id,
-        model_id=job.model_id,
-        status=job.state,
-        attempts=job.attempts,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        **_urls(request, job.id),
-    )
-    if job.state == JobState.in_queue:
-        fields["queue_position"] = runtime.store.queue_position(job)
-    if job.total_steps:
-        fields["progress"] = Progress(step=job.step or 0, total=job.total_steps)
-    if job.error_code:
-        fields["error"] = JobError(code=job.error_code, message=job.error_message or "", index=job.error_index)
-    return fields
+    return render.status_fields(job, base_url(request), _queue_position(runtime, job))
 
 
 def _result(request: Request, runtime: Runtime, job: Job, *, include_cost: bool = False) -> ResultResponse:
-    fields = _status_fields(request, runtime, job)
-    if job.state == JobState.completed:
-        base = base_url(request)
-        fields.update(
-            output=EditOutput(images=[runtime.storage.url(key, base) for key in job.outputs]),
-            seed=job.seed,
-            width=job.width,
-            height=job.height,
-            timings=Timings(**(job.timings or {})),
-        )
-        if include_cost:
-            fields["cost"] = job_cost(runtime, job)
-    return ResultResponse(**fields, input=job.input)
+    result = render.result_response(job, base_url(request), runtime.storage, _queue_position(runtime, job))
+    if include_cost and job.state == JobState.completed:
+        result.cost = job_cost(runtime, job)
+    return result
 
 
 def job_cost(runtime: Runtime, job: Job) -> float | None:
@@ -151,7 +123,7 @@ def list_models(runtime: RuntimeDep, key_id: KeyId) -> ModelList:
     )
 
 
-@router.post("/v1/models/{model_id:path}", tags=["requests"], responses=ERRORS)
+@router.post("/v1/models/{model_id:path}", tags=["requests"], responses=ERRORS, openapi_extra=WEBHOOK_BODY_DOC)
 async def submit(
     request: Request,
     response: Response,
@@ -159,6 +131,7 @@ async def submit(
     model_id: str,
     body: EditInput,
     key_id: KeyId,
+    webhook: RequestedWebhook,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     prefer: Annotated[
         str | None,
@@ -166,18 +139,26 @@ async def submit(
     ] = None,
 ) -> SubmitResponse | ResultResponse:
     """Queue an edit. Answers at once with the URLs to poll; with `Prefer: wait=N`, with the result
-    body if the job ends within N seconds (and `Preference-Applied: wait=N`)."""
-    job = await run_in_threadpool(queue_job, request, model_id, body, key_id, idempotency_key)
+    body if the job ends within N seconds (and `Preference-Applied: wait=N`). With a webhook, the
+    request's events are also POSTed there."""
+    job = await run_in_threadpool(queue_job, request, model_id, body, key_id, idempotency_key, webhook)
     seconds = wait_seconds(prefer)
     if seconds is not None:
         job = await wait_until_finished(runtime, job, seconds)
         if job.state.finished:
             response.headers["Preference-Applied"] = f"wait={seconds}"
             return await run_in_threadpool(_result, request, runtime, job)
-    return SubmitResponse(request_id=job.id, status=job.state, **_urls(request, job.id))
+    return SubmitResponse(request_id=job.id, status=job.state, **render.request_urls(base_url(request), job.id))
 
 
-def queue_job(request: Request, model_id: str, body: EditInput, key_id: str, idempotency_key: str | None) -> Job:
+def queue_job(
+    request: Request,
+    model_id: str,
+    body: EditInput,
+    key_id: str,
+    idempotency_key: str | None,
+    webhook: WebhookTarget | None = None,
+) -> Job:
     """Check the request against its model and queue it; the dispatcher hears of it at once.
 
     Inline data: images are stored now, like uploads: the job keeps only their signed URLs.
@@ -203,6 +184,9 @@ def queue_job(request: Request, model_id: str, body: EditInput, key_id: str, ide
         edit_input,
         max_queued=runtime.settings.max_queued_per_model,
         idempotency_key=idempotency_key,
+        webhook_url=webhook.url if webhook else None,
+        webhook_filter=webhook.events if webhook else None,
+        base_url=str(request.base_url),
     )
     if runtime.dispatcher is not None:
         runtime.dispatcher.notify(job)

@@ -67,6 +67,10 @@ jobs_table = sa.Table(
     sa.Column("height", sa.Integer),
     sa.Column("timings", sa.JSON),
     sa.Column("idempotency_key", sa.String(255)),
+    # Where to send this job's webhooks: not model inputs, so not in `input`.
+    sa.Column("webhook_url", sa.Text),
+    sa.Column("webhook_filter", sa.JSON),
+    sa.Column("base_url", sa.Text),  # the base URL it was submitted under, for absolute URLs in webhooks
     # NULLs are distinct in a unique constraint on both backends: jobs without a key never clash.
     sa.UniqueConstraint("key_id", "idempotency_key", name="uq_jobs_key_idempotency"),
     sa.Index("ix_jobs_queue", "state", "model_id", "seq"),
@@ -83,6 +87,45 @@ api_keys_table = sa.Table(
     sa.Column("secret_sha256", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime),
+    # Signs this key's webhooks; kept in clear because signing needs it (the key's own secret is hashed).
+    sa.Column("webhook_secret", sa.String(64)),
+)
+
+# The webhook outbox: one row per event to deliver, written in the transaction of the
+# job state change that causes it (fluxedit.jobs.outbox). `seq` orders a request's events.
+webhook_outbox_table = sa.Table(
+    "webhook_outbox",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(40), nullable=False, unique=True),  # the webhook-id header, the same on retries
+    sa.Column("job_id", sa.String(32), nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("format", sa.String(16), nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("snapshot", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime),
+    sa.Column("claim_token", sa.String(64)),
+    sa.Column("claim_expires_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Index("ix_webhook_outbox_due", "state", "next_attempt_at"),
+    sa.Index("ix_webhook_outbox_job", "job_id", "seq"),
+    sqlite_autoincrement=True,
+)
+
+webhook_attempts_table = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column("event_id", sa.String(40), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("status_code", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("next_attempt_at", UTCDateTime),
 )
 
 
@@ -130,6 +173,23 @@ def lock_schema(conn: Connection) -> None:
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_ID)))
 
 
+def _add_missing_columns(conn: Connection) -> None:
+    """ALTER TABLE ... ADD COLUMN for each column of `metadata` an existing table lacks.
+
+    Columns added after a table's first release are nullable, which SQLite can add in place.
+    """
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(f"cannot add the NOT NULL column {table.name}.{column.name} to an existing table")
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}')
+
+
 def utc_now() -> datetime:
     """The current time, aware UTC: what every timestamp the stores write is."""
     return datetime.now(UTC)
@@ -142,10 +202,15 @@ class Database:
         self.engine: Engine = open_database(database) if isinstance(database, str) else database
 
     def create_schema(self) -> None:
-        """Create the tables that are missing (both jobs and api_keys)."""
+        """Create the tables that are missing; on SQLite, add the columns that are missing too.
+
+        (On PostgreSQL, Alembic's revisions change existing tables: see fluxedit.jobs.migrate.)
+        """
         with self._write() as conn:
             lock_schema(conn)
             metadata.create_all(conn)
+            if conn.dialect.name == "sqlite":
+                _add_missing_columns(conn)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

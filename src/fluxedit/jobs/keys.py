@@ -1,7 +1,13 @@
-"""API keys: only the SHA-256 of each secret is stored; the secret is shown once, at creation."""
+"""API keys: only the SHA-256 of each secret is stored; the secret is shown once, at creation.
+
+Each key also has a webhook signing secret (`whsec_...`, the Standard Webhooks form),
+made with it and kept in clear, since signing needs it; its owner can read it again
+(GET /v1/webhooks/secret).
+"""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -15,6 +21,7 @@ from fluxedit.errors import InvalidInput
 from fluxedit.jobs.db import Database, api_keys_table, utc_now
 
 SECRET_PREFIX = "fe_"
+WEBHOOK_SECRET_PREFIX = "whsec_"
 _DISPLAY_PREFIX_CHARS = len(SECRET_PREFIX) + 8
 
 
@@ -29,6 +36,11 @@ class ApiKey:
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+
+def new_webhook_secret() -> str:
+    """A random signing secret in the Standard Webhooks form: whsec_ + base64 of 32 bytes."""
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
 def _sha256(secret: str) -> str:
@@ -53,9 +65,27 @@ class KeyStore(Database):
                     prefix=secret[:_DISPLAY_PREFIX_CHARS],
                     secret_sha256=_sha256(secret),
                     created_at=utc_now(),
+                    webhook_secret=new_webhook_secret(),
                 )
             )
         return key_id, secret
+
+    def webhook_secret(self, key_id: str) -> str | None:
+        """The key's webhook signing secret; None for a key id with no row (e.g. the unauthenticated mode's)."""
+        with self._read() as conn:
+            return conn.execute(sa.select(_K.webhook_secret).where(_K.id == key_id)).scalar_one_or_none()
+
+    def fill_webhook_secrets(self) -> int:
+        """Give every key without a webhook secret one (keys made before webhooks); returns how many."""
+        with self._write() as conn:
+            ids = conn.execute(sa.select(_K.id).where(_K.webhook_secret.is_(None))).scalars().all()
+            for key_id in ids:
+                conn.execute(
+                    sa.update(api_keys_table)
+                    .where(_K.id == key_id, _K.webhook_secret.is_(None))
+                    .values(webhook_secret=new_webhook_secret())
+                )
+        return len(ids)
 
     def verify(self, secret: str) -> str | None:
         """The key id for an active key's secret, else None."""

@@ -1,5 +1,8 @@
 """Bring the job database's schema up to date: Alembic on PostgreSQL, create_all on SQLite.
 
+On SQLite, `Database.create_schema` also adds the columns later releases added, and
+keys made before webhooks get their signing secret, as revision 0002 does on PostgreSQL.
+
 Every `serve` and `worker` process calls `upgrade_database` at start; on
 PostgreSQL an advisory lock makes concurrent starts take turns, so the
 migrations run once and the others find the schema current.
@@ -15,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from fluxedit.jobs.db import Database, lock_schema, open_database
+from fluxedit.jobs.keys import KeyStore
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 BASELINE_REVISION = "0001"  # the schema create_all made before migrations existed
@@ -47,6 +51,7 @@ def upgrade_database(database: str | Engine) -> None:
     with _engine(database) as engine:
         if engine.dialect.name == "sqlite":
             Database(engine).create_schema()  # one file, one machine: no migration history kept
+            KeyStore(engine).fill_webhook_secrets()
             return
         from alembic import command
 

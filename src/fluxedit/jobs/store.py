@@ -19,14 +19,16 @@ import base64
 import math
 import re
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 from fluxedit.errors import InvalidInput, NotFound
+from fluxedit.jobs import outbox
 from fluxedit.jobs.db import Database, jobs_table, utc_now
 from fluxedit.jobs.errors import IdempotencyConflict, JobConflict, LeaseLost, QueueFull
 from fluxedit.jobs.state import JobState
@@ -59,6 +61,9 @@ class Job:
     height: int | None = None
     timings: dict | None = None
     idempotency_key: str | None = None
+    webhook_url: str | None = None
+    webhook_filter: list[str] | None = None
+    base_url: str | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row, **missing: Any) -> Job:
@@ -67,6 +72,28 @@ class Job:
         values["cancel_requested"] = bool(values["cancel_requested"])
         values["outputs"] = list(values.get("outputs") or [])
         return cls(**values)
+
+    @classmethod
+    def from_snapshot(cls, snapshot: dict, input: dict) -> Job:
+        """The job as `job_snapshot` saw it (the input, which never changes, is not in a snapshot)."""
+        values = {k: v for k, v in snapshot.items() if k in _FIELDS}
+        for name in _TIME_FIELDS:
+            if values.get(name) is not None:
+                values[name] = datetime.fromisoformat(values[name])
+        values["state"] = JobState(values["state"])
+        values["outputs"] = list(values.get("outputs") or [])
+        return cls(**values, input=input)
+
+
+def job_snapshot(row: sa.Row) -> dict:
+    """A JSON-ready copy of a job row without its input: what a webhook event reports."""
+    values = {k: v for k, v in row._mapping.items() if k != "input"}
+    values["cancel_requested"] = bool(values["cancel_requested"])
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in values.items()}
+
+
+_FIELDS = {f.name for f in fields(Job)} - {"input"}
+_TIME_FIELDS = ("created_at", "started_at", "finished_at", "lease_expires_at")
 
 
 def _encode_cursor(seq: int) -> str:
@@ -96,6 +123,25 @@ def _decode_cursor(cursor: str) -> int:
 _J = jobs_table.c
 _STATUS_COLUMNS = [column for column in jobs_table.c if column.name not in ("input", "outputs", "timings")]
 _CLAIM_RETRIES = 20
+# Every column but the input, which can be large (data: URIs) and is not needed after a state change.
+_NO_INPUT = [column for column in jobs_table.c if column.name != "input"]
+
+
+class _Events:
+    """The webhook events one write transaction adds to the outbox (fluxedit.jobs.outbox)."""
+
+    def __init__(self, conn: sa.Connection, progress_interval_s: float) -> None:
+        self.conn = conn
+        self._progress_interval_s = progress_interval_s
+        self.written = False
+
+    def add(self, row: sa.Row, event_type: str | None = None) -> None:
+        """Record the event of `row`'s state (or `event_type`) if its webhook asks for it."""
+        event_type = event_type or outbox.EVENT_OF_STATE[JobState(row.state)]
+        if outbox.write_event(
+            self.conn, job_snapshot(row), event_type, now=utc_now(), progress_interval_s=self._progress_interval_s
+        ):
+            self.written = True
 
 
 class JobStore(Database):
@@ -105,7 +151,29 @@ class JobStore(Database):
     owned by that worker; they return False (or raise `LeaseLost`, for
     `heartbeat`) when it is not, e.g. after the job was recovered from an
     expired lease.
+
+    Every state change a webhook reports (started, progress, completed, failed,
+    cancelled) writes its outbox event in the same transaction; `on_event`
+    listeners are called after such a transaction commits.
     """
+
+    def __init__(self, database: str | sa.Engine, *, progress_interval_s: float = 1.0) -> None:
+        super().__init__(database)
+        self._progress_interval_s = progress_interval_s
+        self._event_listeners: list[Callable[[], None]] = []
+
+    def on_event(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (quickly; it must not raise) whenever this store has written webhook events."""
+        self._event_listeners.append(listener)
+
+    @contextmanager
+    def _write_events(self) -> Iterator[_Events]:
+        with self._write() as conn:
+            events = _Events(conn, self._progress_interval_s)
+            yield events
+        if events.written:
+            for listener in self._event_listeners:
+                listener()
 
     # --- submitting and reading -----------------------------------------------------
 
@@ -117,8 +185,14 @@ class JobStore(Database):
         *,
         max_queued: int,
         idempotency_key: str | None = None,
+        webhook_url: str | None = None,
+        webhook_filter: list[str] | None = None,
+        base_url: str | None = None,
     ) -> Job:
         """Queue a job, or return the job this key already submitted with `idempotency_key`.
+
+        `webhook_url` and `webhook_filter` say where to send which events
+        (fluxedit.jobs.outbox); `base_url` is the base of absolute URLs in them.
 
         Raises QueueFull when `model_id` already has `max_queued` jobs in_queue (a soft
         limit: simultaneous submits may overshoot it by a few), and IdempotencyConflict
@@ -145,6 +219,9 @@ class JobStore(Database):
             attempts=0,
             cancel_requested=False,
             idempotency_key=idempotency_key,
+            webhook_url=webhook_url,
+            webhook_filter=webhook_filter,
+            base_url=base_url,
         )
         try:
             with self._write() as conn:
@@ -239,8 +316,8 @@ class JobStore(Database):
     def _claim(self, which: sa.ColumnElement[bool], worker_id: str, lease_s: float) -> Job | None:
         """Move the job `which` selects to in_progress for this worker, if it is still in_queue."""
         now = utc_now()
-        with self._write() as conn:
-            row = conn.execute(
+        with self._write_events() as events:
+            row = events.conn.execute(
                 sa.update(jobs_table)
                 .where(which, _J.state == JobState.in_queue.value)
                 .values(
@@ -254,6 +331,8 @@ class JobStore(Database):
                 )
                 .returning(*jobs_table.c)
             ).one_or_none()
+            if row is not None:
+                events.add(row)
         return Job.from_row(row) if row else None
 
     def claim_next(self, model_ids: Sequence[str], worker_id: str, lease_s: float) -> Job | None:
@@ -296,33 +375,36 @@ class JobStore(Database):
     ) -> bool:
         """Extend the lease and record progress; True when a cancel was requested.
 
-        Raises LeaseLost when this worker no longer owns the job: it must stop and
-        write nothing more for it.
+        A call with `step` (the worker's progress callback: a new step) is a
+        progress event. Raises LeaseLost when this worker no longer owns the job:
+        it must stop and write nothing more for it.
         """
         values: dict[str, Any] = {"lease_expires_at": utc_now() + timedelta(seconds=lease_s)}
         if step is not None:
             values["step"] = step
         if total is not None:
             values["total_steps"] = total
-        with self._write() as conn:
-            row = conn.execute(
-                sa.update(jobs_table)
-                .where(self._owned(job_id, worker_id))
-                .values(**values)
-                .returning(_J.cancel_requested)
+        with self._write_events() as events:
+            row = events.conn.execute(
+                sa.update(jobs_table).where(self._owned(job_id, worker_id)).values(**values).returning(*_NO_INPUT)
             ).one_or_none()
+            if row is not None and step is not None:
+                events.add(row, outbox.PROGRESS)
         if row is None:
             raise LeaseLost(f"Job {job_id} is no longer owned by worker {worker_id}.")
         return bool(row.cancel_requested)
 
     def _finish(self, job_id: str, worker_id: str, state: JobState, **values: Any) -> bool:
-        with self._write() as conn:
-            result = conn.execute(
+        with self._write_events() as events:
+            row = events.conn.execute(
                 sa.update(jobs_table)
                 .where(self._owned(job_id, worker_id))
                 .values(state=state.value, finished_at=utc_now(), lease_expires_at=None, **values)
-            )
-        return result.rowcount == 1
+                .returning(*_NO_INPUT)
+            ).one_or_none()
+            if row is not None:
+                events.add(row)
+        return row is not None
 
     def complete(
         self,
@@ -361,12 +443,16 @@ class JobStore(Database):
 
         A job whose cancel was requested ends cancelled instead.
         """
-        with self._write() as conn:
+        with self._write_events() as events:
+            conn = events.conn
             cancelled = conn.execute(
                 sa.update(jobs_table)
                 .where(self._owned(job_id, worker_id), _J.cancel_requested.is_(True))
                 .values(state=JobState.cancelled.value, finished_at=utc_now(), lease_expires_at=None)
-            ).rowcount
+                .returning(*_NO_INPUT)
+            ).one_or_none()
+            if cancelled is not None:
+                events.add(cancelled)
             requeued = conn.execute(
                 sa.update(jobs_table)
                 .where(self._owned(job_id, worker_id))
@@ -380,7 +466,7 @@ class JobStore(Database):
                     total_steps=None,
                 )
             ).rowcount
-        return cancelled + requeued == 1
+        return (cancelled is not None) + requeued == 1
 
     # --- clients ------------------------------------------------------------------------
 
@@ -393,14 +479,17 @@ class JobStore(Database):
         """
         mine = sa.and_(_J.id == job_id, _J.key_id == key_id)
         for _ in range(_CLAIM_RETRIES):
-            with self._write() as conn:
+            with self._write_events() as events:
+                conn = events.conn
                 row = conn.execute(
                     sa.update(jobs_table)
                     .where(mine, _J.state == JobState.in_queue.value)
                     .values(state=JobState.cancelled.value, finished_at=utc_now())
                     .returning(*jobs_table.c)
                 ).one_or_none()
-                if row is None:
+                if row is not None:
+                    events.add(row)
+                else:
                     row = conn.execute(
                         sa.update(jobs_table)
                         .where(mine, _J.state == JobState.in_progress.value)
@@ -435,7 +524,7 @@ class JobStore(Database):
         )
         ended = dict(finished_at=now, lease_expires_at=None)
         changed: list[str] = []
-        with self._write() as conn:
+        with self._write_events() as events:
             for condition, values in (
                 (_J.cancel_requested.is_(True), dict(state=JobState.cancelled.value, **ended)),
                 (
@@ -462,8 +551,11 @@ class JobStore(Database):
                     ),
                 ),
             ):
-                rows = conn.execute(
-                    sa.update(jobs_table).where(expired, condition).values(**values).returning(_J.id)
+                rows = events.conn.execute(
+                    sa.update(jobs_table).where(expired, condition).values(**values).returning(*_NO_INPUT)
                 ).all()
+                for row in rows:
+                    if JobState(row.state).finished:
+                        events.add(row)
                 changed.extend(r.id for r in rows)
         return changed
