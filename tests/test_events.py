@@ -132,3 +132,16 @@ def test_python_client_follows_the_stream(server, image_server) -> None:
     steps = [u.progress.step for u in updates if u.progress]
     assert steps[-1] == 5 and len(steps) >= 2, "progress came as it happened, not only at the end"
     assert updates[-1].status.value == "completed"
+
+
+def test_status_says_the_phase_and_a_pending_cancel(server, image_server) -> None:
+    request_id = submit(server, body(image_server, steps=40)).json()["request_id"]
+    running = read_stream(server, request_id, stop_after=lambda e: (e.json().get("progress") or {}).get("step", 0) >= 1)
+    assert running[-1].json()["phase"] == "denoising"
+    with server.client() as http:
+        cancelled = http.post(f"/v1/requests/{request_id}/cancel").json()
+        assert cancelled["status"] == "in_progress" and cancelled["cancel_requested"] is True
+        status = http.get(f"/v1/requests/{request_id}/status").json()
+    assert status["status"] == "cancelled" or status["cancel_requested"] is True
+    final = server.wait_for(request_id, {"completed", "failed", "cancelled"})
+    assert final["status"] == "cancelled" and final["phase"] is None

@@ -412,7 +412,7 @@ def test_upgrade_of_a_postgres_database_made_by_the_0001_schema(new_postgres_dat
     url = new_postgres_database()
     _database_at_0001(url)
     _assert_upgraded(url)
-    assert current_revision(url) == "0002"
+    assert current_revision(url) == "0003"
     engine = open_database(url)
     try:
         with engine.connect() as conn:

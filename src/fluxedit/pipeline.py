@@ -2,9 +2,10 @@
 
 The worker (a queued job) and `fluxedit edit` (one edit in the terminal) both call
 `run_edit`; only where the bytes come from and where the images go differ.
-Phases, in order: read the references, decode them, size the output, load the
-engine, denoise. `checkpoint` runs between phases so that a cancel or a lost lease
-stops the edit before its next costly phase.
+Phases, in order: fetching (read and decode the references, size the output),
+loading (the engine), denoising. `checkpoint(phase)` runs before each, so that a
+cancel or a lost lease stops the edit before its next costly phase, and the
+worker can tell which phase a job is in.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class EditOutcome:
     inference_s: float
 
 
-def _no_checkpoint() -> None:
+def _no_checkpoint(phase: str) -> None:
     return None
 
 
@@ -60,17 +61,17 @@ def run_edit(
     *,
     settings: Settings,
     progress: ProgressCallback | None = None,
-    checkpoint: Callable[[], None] = _no_checkpoint,
+    checkpoint: Callable[[str], None] = _no_checkpoint,
 ) -> EditOutcome:
     """Run one edit of `params` on `engine`; `read_references(params.image_urls)` gives their bytes."""
+    checkpoint("fetching")
     datas = read_references(params.image_urls)
-    checkpoint()
     references = [decode_reference(data, index=i, max_pixels=settings.max_image_pixels) for i, data in enumerate(datas)]
     del datas
     request = edit_request(params, references)
-    checkpoint()
+    checkpoint("loading")
     engine.load()  # idempotent; the first time may take long
-    checkpoint()
+    checkpoint("denoising")
     started = time.monotonic()
     images = engine.edit(request, progress)
     return EditOutcome(images, request.width, request.height, time.monotonic() - started)

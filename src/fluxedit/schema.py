@@ -255,12 +255,23 @@ class Timings(BaseModel):
     total_s: float | None = None
 
 
+Phase = Literal["fetching", "loading", "denoising", "encoding"]
+
+
 class StatusResponse(BaseModel):
     request_id: str
     model_id: str
     status: JobState
     queue_position: int | None = Field(None, description="Jobs ahead of this one, while in_queue.")
     progress: Progress | None = None
+    phase: Phase | None = Field(
+        None,
+        description="While in_progress: fetching (the references), loading (the model), denoising, encoding "
+        "(and storing the outputs).",
+    )
+    cancel_requested: bool = Field(
+        False, description="A cancel was asked for while the job ran: it stops at its next denoising step."
+    )
     error: JobError | None = None
     attempts: int = 0
     created_at: datetime

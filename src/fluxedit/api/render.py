@@ -33,6 +33,8 @@ def status_fields(job: Job, base: str, queue_position: int | None = None) -> dic
     )
     if job.state == JobState.in_queue:
         fields["queue_position"] = queue_position
+    if job.state == JobState.in_progress:
+        fields.update(phase=job.phase, cancel_requested=job.cancel_requested)
     if job.total_steps:
         fields["progress"] = Progress(step=job.step or 0, total=job.total_steps)
     if job.error_code:

@@ -55,6 +55,7 @@ jobs_table = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("step", sa.Integer),
     sa.Column("total_steps", sa.Integer),
+    sa.Column("phase", sa.String(16)),  # while in_progress: fetching | loading | denoising | encoding
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("worker_id", sa.String(200)),
     sa.Column("lease_expires_at", UTCDateTime),

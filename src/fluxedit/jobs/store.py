@@ -49,6 +49,7 @@ class Job:
     attempts: int = 0
     step: int | None = None
     total_steps: int | None = None
+    phase: str | None = None
     cancel_requested: bool = False
     worker_id: str | None = None
     lease_expires_at: datetime | None = None
@@ -328,6 +329,7 @@ class JobStore(Database):
                     lease_expires_at=now + timedelta(seconds=lease_s),
                     step=None,
                     total_steps=None,
+                    phase=None,
                 )
                 .returning(*jobs_table.c)
             ).one_or_none()
@@ -371,7 +373,14 @@ class JobStore(Database):
         return sa.and_(_J.id == job_id, _J.worker_id == worker_id, _J.state == JobState.in_progress.value)
 
     def heartbeat(
-        self, job_id: str, worker_id: str, lease_s: float, step: int | None = None, total: int | None = None
+        self,
+        job_id: str,
+        worker_id: str,
+        lease_s: float,
+        step: int | None = None,
+        total: int | None = None,
+        *,
+        phase: str | None = None,
     ) -> bool:
         """Extend the lease and record progress; True when a cancel was requested.
 
@@ -384,6 +393,8 @@ class JobStore(Database):
             values["step"] = step
         if total is not None:
             values["total_steps"] = total
+        if phase is not None:
+            values["phase"] = phase
         with self._write_events() as events:
             row = events.conn.execute(
                 sa.update(jobs_table).where(self._owned(job_id, worker_id)).values(**values).returning(*_NO_INPUT)
@@ -399,7 +410,7 @@ class JobStore(Database):
             row = events.conn.execute(
                 sa.update(jobs_table)
                 .where(self._owned(job_id, worker_id))
-                .values(state=state.value, finished_at=utc_now(), lease_expires_at=None, **values)
+                .values(state=state.value, finished_at=utc_now(), lease_expires_at=None, phase=None, **values)
                 .returning(*_NO_INPUT)
             ).one_or_none()
             if row is not None:
@@ -464,6 +475,7 @@ class JobStore(Database):
                     lease_expires_at=None,
                     step=None,
                     total_steps=None,
+                    phase=None,
                 )
             ).rowcount
         return (cancelled is not None) + requeued == 1
@@ -548,6 +560,7 @@ class JobStore(Database):
                         lease_expires_at=None,
                         step=None,
                         total_steps=None,
+                        phase=None,
                     ),
                 ),
             ):

@@ -119,10 +119,11 @@ def _run(job: Job, engine: Engine, context: WorkerContext, lease: _Lease) -> _Fi
         context.read_references,
         settings=context.settings,
         progress=lease.progress,
-        checkpoint=lease.check,
+        checkpoint=lease.enter,
     )
     if lease.lost:
         return None
+    lease.enter_quietly("encoding")
     return _Finished(params, outcome, _store_outputs(job.id, params.output_format, outcome, context.storage), started)
 
 
@@ -221,10 +222,15 @@ class _Lease:
     def should_stop(self) -> bool:
         return self.cancel_requested or self.lost or self.stopping
 
-    def check(self) -> None:
-        """Between phases: stop here if the job should stop."""
+    def enter(self, phase: str) -> None:
+        """Before each phase: stop here if the job should stop; else record the phase (status shows it)."""
         if self.should_stop:
             raise EditCancelled("The request was cancelled.")
+        self._beat(phase=phase)
+
+    def enter_quietly(self, phase: str) -> None:
+        """Record a phase that runs whatever happens now (the denoising is done: its outputs are kept)."""
+        self._beat(phase=phase)
 
     def progress(self, step: int, total: int) -> bool:
         now = time.monotonic()
@@ -237,11 +243,11 @@ class _Lease:
         while not self._done.wait(self._interval):
             self._beat()
 
-    def _beat(self, step: int | None = None, total: int | None = None) -> None:
+    def _beat(self, step: int | None = None, total: int | None = None, *, phase: str | None = None) -> None:
         if self.lost:
             return
         try:
-            if self._store.heartbeat(self._job_id, self._worker_id, self._lease_s, step, total):
+            if self._store.heartbeat(self._job_id, self._worker_id, self._lease_s, step, total, phase=phase):
                 self.cancel_requested = True
         except LeaseLost:
             log.warning("job %s: this worker lost its lease; stopping without writing", self._job_id)

@@ -5,6 +5,12 @@ import { h, sleep, formatSeconds, STATE_LABELS, isFinished } from "./dom.js";
 import { forPeople } from "./words.js";
 
 const POLL_MS = 400;
+const PHASES = {
+  fetching: "reading the references",
+  loading: "loading the model",
+  denoising: "denoising",
+  encoding: "saving the result",
+};
 
 function queueText(position) {
   if (position == null) return "waiting for a worker";
@@ -131,7 +137,9 @@ export class Run {
         this.detailEl.textContent = queueText(status.queue_position);
         break;
       case "in_progress":
-        this.detailEl.textContent = progress ? "denoising" : "loading the model and references";
+        this.detailEl.textContent = status.cancel_requested
+          ? "cancelling: it stops at its next step"
+          : PHASES[status.phase] ?? (progress ? "denoising" : "starting");
         break;
       case "completed":
         this.detailEl.textContent = "done";
