@@ -35,7 +35,8 @@ def run(src: Path, args: list[str], data_dir: str) -> tuple[float, bool]:
         [sys.executable, "-X", "importtime", "-m", "fluxedit", *args], cwd=ROOT, env=env, capture_output=True, text=True
     )
     wall = time.perf_counter() - started
-    return wall, any(line.rstrip().endswith("| torch") for line in proc.stderr.splitlines())
+    modules = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    return wall, "torch" in modules
 
 
 def main() -> None:
