@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from fluxedit.api.auth import require_key
 from fluxedit.api.inline import store_inline_images
+from fluxedit.api.lean_json import LeanJSONRoute
 from fluxedit.errors import FluxeditError, InvalidInput
 from fluxedit.images.sniff import sniff_upload
 from fluxedit.jobs.store import Job, JobNotFound
@@ -139,7 +140,6 @@ def list_models(request: Request, key_id: KeyId) -> ModelList:
     )
 
 
-@router.post("/v1/models/{model_id:path}", response_model=SubmitResponse, tags=["requests"], responses=ERRORS)
 def submit(
     request: Request,
     model_id: str,
@@ -178,6 +178,17 @@ def submit(
     if services.dispatcher is not None:
         services.dispatcher.notify(job)
     return SubmitResponse(request_id=job.id, status=job.state, **_urls(request, job.id))
+
+
+router.add_api_route(
+    "/v1/models/{model_id:path}",
+    submit,
+    methods=["POST"],
+    response_model=SubmitResponse,
+    tags=["requests"],
+    responses=ERRORS,
+    route_class_override=LeanJSONRoute,  # the body may hold a 50 MB data: URI
+)
 
 
 @router.get("/v1/requests", response_model=RequestList, tags=["requests"], responses=ERRORS)

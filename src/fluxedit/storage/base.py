@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import mimetypes
 import re
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from fluxedit.errors import FluxeditError
 
@@ -53,6 +53,9 @@ class Storage(Protocol):
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         """Store `data` under `key`, replacing any previous object atomically."""
+
+    def put_file(self, key: str, file: BinaryIO, content_type: str) -> None:
+        """Store what is left to read of `file` under `key`, read a piece at a time, as put() does."""
 
     def get(self, key: str) -> bytes:
         """The bytes stored under `key`; FileNotFoundError if absent."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from fluxedit.storage.base import check_key, guess_content_type
 from fluxedit.storage.signing import UrlSigner
@@ -28,8 +31,11 @@ class LocalStorage:
         return self.root / _TYPES_DIR / check_key(key)
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
-        _write_atomic(self._type_path(key), content_type.encode())
-        _write_atomic(self._path(key), data)
+        self.put_file(key, io.BytesIO(data), content_type)
+
+    def put_file(self, key: str, file: BinaryIO, content_type: str) -> None:
+        _write_atomic(self._type_path(key), io.BytesIO(content_type.encode()))
+        _write_atomic(self._path(key), file)
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
@@ -76,7 +82,7 @@ class LocalStorage:
         return removed
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, source: BinaryIO) -> None:
     # Temp file in the same directory, then rename: readers see the old or the new file, never half.
     for attempt in range(3):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +94,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
                 raise
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            shutil.copyfileobj(source, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
