@@ -263,6 +263,17 @@ class FileUploadResponse(BaseModel):
     expires_at: datetime
 
 
+class StorageHealth(BaseModel):
+    writable: bool
+    error: str | None = Field(None, description="Why not, when it is not.")
+
+
+class Health(BaseModel):
+    ok: bool = Field(..., description="False (and HTTP 503) when the server cannot store results.")
+    storage: StorageHealth
+    models: dict[str, bool] = Field(..., description="Model id -> whether its weights are loaded.")
+
+
 class ErrorDetail(BaseModel):
     code: Annotated[str, Field(description="Stable, machine-readable.")]
     message: Annotated[str, Field(description="A sentence for people.")]

@@ -8,7 +8,7 @@ from importlib import resources
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, UploadFile
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from fluxedit.api.auth import require_key
 from fluxedit.api.inline import store_inline_images
@@ -21,6 +21,7 @@ from fluxedit.schema import (
     EditOutput,
     ErrorResponse,
     FileUploadResponse,
+    Health,
     JobError,
     JobState,
     ModelInfo,
@@ -29,10 +30,12 @@ from fluxedit.schema import (
     RequestList,
     ResultResponse,
     StatusResponse,
+    StorageHealth,
     SubmitResponse,
     Timings,
 )
 from fluxedit.storage import guess_content_type
+from fluxedit.storage.space import InsufficientStorage
 
 router = APIRouter()
 KeyId = Annotated[str, Depends(require_key)]
@@ -116,10 +119,21 @@ def playground() -> HTMLResponse:
     return HTMLResponse(page.read_text(encoding="utf-8"))
 
 
-@router.get("/healthz", tags=["ops"])
-def healthz(request: Request) -> dict:
+@router.get("/healthz", tags=["ops"], response_model=Health, responses={503: {"model": Health}})
+def healthz(request: Request) -> JSONResponse:
+    """200 while the server can take work; 503 (and why) when its storage is not writable."""
     services = _services(request)
-    return {"ok": True, "models": {m.id: m.engine.loaded for m in services.models.values()}}
+    try:
+        services.storage.check_writable()
+        storage = StorageHealth(writable=True)
+    except InsufficientStorage as exc:
+        storage = StorageHealth(writable=False, error=exc.message)
+    health = Health(
+        ok=storage.writable,
+        storage=storage,
+        models={m.id: m.engine.loaded for m in services.models.values()},
+    )
+    return JSONResponse(health.model_dump(exclude_none=True), status_code=200 if health.ok else 503)
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"], responses=ERRORS)

@@ -7,14 +7,18 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from fluxedit.storage.base import check_key, guess_content_type
 from fluxedit.storage.signing import UrlSigner
+from fluxedit.storage.space import is_no_room, no_room
 
 # Content types live in a parallel hidden tree; keys cannot start with ".", so no clash.
 _TYPES_DIR = ".types"
+_PROBE_BYTES = 4096  # a page: a full disk refuses even that
 
 
 class LocalStorage:
@@ -34,8 +38,31 @@ class LocalStorage:
         self.put_file(key, io.BytesIO(data), content_type)
 
     def put_file(self, key: str, file: BinaryIO, content_type: str) -> None:
-        _write_atomic(self._type_path(key), io.BytesIO(content_type.encode()))
-        _write_atomic(self._path(key), file)
+        type_path, path = self._type_path(key), self._path(key)
+        with self._no_room_is_507():
+            _write_atomic(type_path, io.BytesIO(content_type.encode()))
+            _write_atomic(path, file)
+
+    def check_writable(self) -> None:
+        """Write (and remove) a small probe file: a full or read-only disk refuses it."""
+        with self._no_room_is_507():
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".probe-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(b"\0" * _PROBE_BYTES)
+                    f.flush()
+            finally:
+                os.unlink(probe)
+
+    @contextmanager
+    def _no_room_is_507(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            if not is_no_room(exc):
+                raise
+            raise no_room(f"the files directory {self.root}") from exc
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()

@@ -71,6 +71,9 @@ class S3Storage:
         # boto3 reads it in parts (a multipart upload once it is large), never all at once.
         self.client.upload_fileobj(file, self.bucket, self._object(key), ExtraArgs={"ContentType": content_type})
 
+    def check_writable(self) -> None:
+        """Nothing to check: an object store does not fill up, and a bad credential shows on put."""
+
     def get(self, key: str) -> bytes:
         try:
             answer = self.client.get_object(Bucket=self.bucket, Key=self._object(key))
