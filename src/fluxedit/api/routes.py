@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Header, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from fluxedit.api.auth import require_key
@@ -17,6 +17,7 @@ from fluxedit.errors import FluxeditError, InvalidInput
 from fluxedit.images.sniff import sniff_upload
 from fluxedit.jobs.store import Job, JobNotFound
 from fluxedit.schema import (
+    CURSOR_PATTERN,
     EditInput,
     EditOutput,
     ErrorResponse,
@@ -39,7 +40,19 @@ from fluxedit.storage.space import InsufficientStorage
 
 router = APIRouter()
 KeyId = Annotated[str, Depends(require_key)]
-ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422, 429, 503)}
+# Every error answer, in its one envelope: 400 is a body that cannot be parsed at all (e.g.
+# broken multipart), 507 a full or read-only disk.
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429, 503, 507)}
+
+
+# What an image is, a schema cannot say: the document says it in words, the upload check in code.
+UploadImage = Annotated[
+    UploadFile,
+    File(
+        description="A JPEG, PNG or WebP image (judged by its bytes, not its name or part type).",
+        json_schema_extra={"minLength": 1},
+    ),
+]
 
 
 class NotFound(FluxeditError):
@@ -210,7 +223,7 @@ def list_requests(
     request: Request,
     key_id: KeyId,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=200, json_schema_extra={"pattern": CURSOR_PATTERN})] = None,
 ) -> RequestList:
     """This key's requests, newest first."""
     jobs, next_cursor = _services(request).store.list_jobs(key_id, limit=limit, cursor=cursor)
@@ -241,7 +254,7 @@ def cancel(request: Request, request_id: str, key_id: KeyId) -> StatusResponse:
 
 
 @router.post("/v1/files", response_model=FileUploadResponse, tags=["files"], responses=ERRORS)
-def upload(request: Request, file: UploadFile, key_id: KeyId) -> FileUploadResponse:
+def upload(request: Request, file: UploadImage, key_id: KeyId) -> FileUploadResponse:
     """Upload a reference image; the URL it returns can go in image_urls."""
     services = _services(request)
     cap = services.settings.max_upload_bytes

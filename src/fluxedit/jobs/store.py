@@ -15,11 +15,10 @@ longer than any expected skew.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import math
+import re
 import secrets
 import uuid
 from collections.abc import Iterator, Sequence
@@ -33,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from fluxedit.errors import FluxeditError, InvalidInput
-from fluxedit.schema import JobState
+from fluxedit.schema import CURSOR_PATTERN, JobState
 from fluxedit.storage.signing import without_signatures
 
 # --- errors ------------------------------------------------------------------------
@@ -276,17 +275,14 @@ class Job:
 
 
 def _encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+    return f"s{seq}"
 
 
 def _decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("s"):
-            raise ValueError(text)
-        return int(text[1:])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput("cursor is not one this server issued; pass next_cursor as given.", field="cursor") from None
+    # Exactly the strings schema.CURSOR_PATTERN documents (a plain, regular form).
+    if re.fullmatch(CURSOR_PATTERN.removeprefix("^").removesuffix("$"), cursor) is None:
+        raise InvalidInput("cursor is not one this server issued; pass next_cursor as given.", field="cursor")
+    return int(cursor[1:])
 
 
 _J = jobs_table.c
