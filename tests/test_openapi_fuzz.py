@@ -8,8 +8,10 @@ The server runs without workers: the jobs these cases queue would fetch the rand
 they name, and tests look up no names.
 
 The cases are drawn at collection, before any server runs, so the document comes from
-the routes (as the server makes it); the first test checks that the server serves that
-very document. (schemathesis' lazy fixture loader does not run under pytest 9.)
+the native routes (as the server makes it); the first test checks that the server serves
+those very operations and schemas. (schemathesis' lazy fixture loader, which would load
+the served document at run time, does not run under pytest 9: it sets a node attribute
+pytest 9 no longer has.)
 """
 
 from __future__ import annotations
@@ -63,8 +65,10 @@ def fuzzed_server(tmp_path_factory):
 def test_the_server_serves_the_document_fuzzed(fuzzed_server):
     with fuzzed_server.client() as http:
         served = http.get("/openapi.json").json()
-    expected = _document()
-    assert served["paths"] == expected["paths"] and served["components"] == expected["components"]
+    fuzzed = _document()
+    assert {path: served["paths"].get(path) for path in fuzzed["paths"]} == fuzzed["paths"]
+    schemas = served["components"]["schemas"]
+    assert {name: schemas.get(name) for name in fuzzed["components"]["schemas"]} == fuzzed["components"]["schemas"]
 
 
 @schema.parametrize()
