@@ -195,3 +195,14 @@ def small_limits_server(tmp_path_factory):
     server = LiveServer(tmp_path_factory.mktemp("limits"), ("--model", "tiny", "--no-workers"), limits)
     yield server.start()
     server.stop()
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [(b'{"prompt": "x", "image_urls": [', "not valid JSON"), ('{"prompt": "é"}'.encode("latin-1"), "not valid JSON")],
+)
+def test_a_body_that_is_not_json_or_not_utf8_is_a_422(tiny_server, body, words):
+    with tiny_server.client() as http:
+        answer = http.post(f"/v1/models/{PRO}", content=body, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["code"] == "invalid_input" and words in answer.json()["error"]["message"]

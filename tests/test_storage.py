@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import time
@@ -73,6 +74,13 @@ def test_local_put_replaces_and_leaves_no_temp_files(local: LocalStorage) -> Non
     local.put("outputs/job1/0.jpeg", b"second", "image/jpeg")
     assert local.get("outputs/job1/0.jpeg") == b"second"
     assert sorted(p.name for p in (local.root / "outputs/job1").iterdir()) == ["0.jpeg"]
+
+
+def test_put_file_stores_a_stream_read_in_pieces(local: LocalStorage) -> None:
+    big = bytes(range(256)) * 4096  # 1 MiB: several reads of the stream
+    local.put_file("uploads/k1/big.png", io.BufferedReader(io.BytesIO(big)), "image/png")
+    assert local.get("uploads/k1/big.png") == big
+    assert local.content_type("uploads/k1/big.png") == "image/png"
 
 
 def test_local_missing_and_delete(local: LocalStorage) -> None:
@@ -242,6 +250,13 @@ def test_s3_put_get_lands_in_the_bucket(s3: S3Storage, s3_server, s3_bucket: str
     assert s3.content_type("outputs/job1/0.png") == "image/png"
     plain = s3_server.client().get_object(Bucket=s3_bucket, Key="cluster-a/outputs/job1/0.png")
     assert plain["Body"].read() == PNG and plain["ContentType"] == "image/png"
+
+
+def test_s3_put_file_streams_into_the_bucket(s3: S3Storage) -> None:
+    big = bytes(range(256)) * 40_000  # 10 MB: over boto3's multipart threshold
+    s3.put_file("uploads/k1/big.png", io.BufferedReader(io.BytesIO(big)), "image/png")
+    assert s3.get("uploads/k1/big.png") == big
+    assert s3.content_type("uploads/k1/big.png") == "image/png"
 
 
 def test_s3_missing_delete_and_unsafe_keys(s3: S3Storage) -> None:

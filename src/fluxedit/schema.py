@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -26,9 +27,25 @@ from fluxedit.jobs.state import JobState  # the wire models report it; it is def
 MAX_REFERENCES = 10
 MAX_IMAGES = 4  # outputs per request (num_images)
 MAX_PROMPT_CHARS = 10_000
+# The integers a JSON number holds exactly everywhere (RFC 8259: IEEE doubles); larger ones
+# come out rounded from JavaScript, and from validators that read numbers as doubles.
+MAX_SEED = 2**53 - 1
+# A listing's next_cursor: "s" and the sequence number of the last job on the page (< 10**18,
+# an SQL BIGINT); an empty one asks for the first page, as none does.
+CURSOR_PATTERN = "^(?:s(?:0|[1-9][0-9]{0,17}))?$"
 # The longest side the area bound allows: the other side at its minimum (4 MP / 64 = 65536).
 MAX_CUSTOM_SIDE = sizes.MAX_PIXELS // sizes.MIN_SIDE
 JPEG_MAX_SIDE = 65_535  # JPEG stores each side in 16 bits
+
+
+def _whole_float_to_int(value: object) -> object:
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+# An integer as JSON Schema has it: 35 or 35.0, not 35.5, "35" or true (the models are strict).
+# (Bounds go before WHOLE in an Annotated, or they do not reach the OpenAPI document.)
+WHOLE = BeforeValidator(_whole_float_to_int)
+WholeNumber = Annotated[int, WHOLE]
 
 ImageSizeName = Literal[
     "auto", "square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"
@@ -39,10 +56,10 @@ OutputFormat = Literal["jpeg", "png"]
 class CustomImageSize(BaseModel):
     """A custom output size: each side >= 64 (rounded down to a multiple of 16), at most 4 MP."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    width: int = Field(..., ge=sizes.MIN_SIDE, le=MAX_CUSTOM_SIDE, examples=[1024])
-    height: int = Field(..., ge=sizes.MIN_SIDE, le=MAX_CUSTOM_SIDE, examples=[768])
+    width: WholeNumber = Field(..., ge=sizes.MIN_SIDE, le=MAX_CUSTOM_SIDE, examples=[1024])
+    height: WholeNumber = Field(..., ge=sizes.MIN_SIDE, le=MAX_CUSTOM_SIDE, examples=[768])
 
     @model_validator(mode="after")
     def _bounded(self) -> CustomImageSize:
@@ -78,8 +95,9 @@ class EditInput(BaseModel):
     """Input of every `.../edit` model: a prompt and 1 to 10 reference images."""
 
     # Unknown fields are ignored so that clients of the hosted APIs (which send
-    # e.g. sync_mode) work unchanged.
-    model_config = ConfigDict(extra="ignore")
+    # e.g. sync_mode) work unchanged. Strict: a number is a JSON number, not "5" or true,
+    # as the OpenAPI document says.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     prompt: str = Field(
         ...,
@@ -111,14 +129,16 @@ class EditInput(BaseModel):
             },
         },
     )
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="Same seed, same inputs: same image.")
+    seed: WholeNumber = Field(0, ge=0, le=MAX_SEED, description="Same seed, same inputs: same image.")
     output_format: OutputFormat = "jpeg"
     num_images: int = Field(1, ge=1, le=MAX_IMAGES, description="How many images to make from these inputs.")
     # fluxedit extensions, not in the hosted schema:
-    num_inference_steps: int | None = Field(None, ge=1, le=100, description="Denoising steps; default: the model's.")
+    num_inference_steps: Annotated[int, Field(ge=1, le=100), WHOLE] | None = Field(
+        None, description="Denoising steps; default: the model's."
+    )
     guidance_scale: float | None = Field(None, ge=0.0, le=20.0, description="Guidance; default: the model's.")
     # Hosted BFL models only: a local model given these answers 422 (it cannot honour them).
-    safety_tolerance: int | None = Field(None, ge=0, le=6)
+    safety_tolerance: Annotated[int, Field(ge=0, le=6), WHOLE] | None = None
     enable_safety_checker: bool | None = Field(
         None, description="Hosted BFL models always moderate; local models have no checker."
     )
@@ -368,6 +388,18 @@ class FileUploadResponse(BaseModel):
     content_type: str
     size: int
     expires_at: datetime
+
+
+class StorageHealth(BaseModel):
+    writable: bool
+    error: str | None = Field(None, description="Why not, when it is not.")
+
+
+class Health(BaseModel):
+    ok: bool = Field(..., description="False (and HTTP 503) when the server cannot store results.")
+    auth: Literal["key", "none"] = Field(..., description="Whether /v1 needs an API key.")
+    storage: StorageHealth
+    models: dict[str, bool] = Field(..., description="Model id -> whether its weights are loaded.")
 
 
 class ErrorDetail(BaseModel):

@@ -12,10 +12,12 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fluxedit.errors import FluxeditError
 from fluxedit.schema import invalid_input
+from fluxedit.storage.space import database_location, is_no_room, no_room
 
 log = logging.getLogger("fluxedit.api")
 
@@ -31,6 +33,7 @@ STATUS_CODES = {
     422: "invalid_input",
     429: "rate_limited",
     503: "unavailable",
+    507: "insufficient_storage",
 }
 
 
@@ -67,6 +70,14 @@ async def _http_handler(request: Request, exc: StarletteHTTPException) -> JSONRe
     return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
 
+async def _database_handler(request: Request, exc: DBAPIError) -> JSONResponse:
+    if not is_no_room(exc):
+        return await _unexpected_handler(request, exc)
+    log.error("the database has no room for a write on %s %s: %s", request.method, request.url.path, exc.orig)
+    error = no_room(database_location(request.app.state.services.settings))
+    return error_response(error.status, error.code, error.message)
+
+
 async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "The server hit an unexpected error; it has been logged.")
@@ -76,4 +87,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(FluxeditError, _fluxedit_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
+    app.add_exception_handler(DBAPIError, _database_handler)
     app.add_exception_handler(Exception, _unexpected_handler)

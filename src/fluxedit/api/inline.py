@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-from collections.abc import Callable
+import io
+from collections.abc import Callable, Iterator
 
 from fluxedit import image_url
 from fluxedit.errors import ImageInputError
 from fluxedit.storage.base import Storage
 
-# The payload is decoded a piece at a time into one buffer: no second copy of a 50 MB string.
-CHUNK_CHARS = 4 * 1024 * 1024
+# The payload is decoded a piece at a time, twice (to name it by its hash, then to store it):
+# the image is never whole in memory beside the 50 MB string it came in.
+CHUNK_CHARS = 1024 * 1024
 _TYPES = {
     "image/png": "png",
     "image/jpeg": "jpg",
@@ -43,34 +45,51 @@ def store_inline_images(
     stored = []
     for index, url in enumerate(urls):
         parts = image_url.data_uri(url)
-        if parts is None:
-            stored.append(url)
-            continue
-        size = parts.decoded_size(url)
-        if size > max_bytes:
-            raise ImageInputError(
-                f"image_urls[{index}] holds {size:,} bytes; at most {max_bytes:,} bytes are accepted.",
-                code="input_too_large",
-                field=f"image_urls[{index}]",
-                index=index,
-            )
-        data = _decode(url, parts.start, size)
-        ext = _TYPES.get(parts.media_type, "bin")
-        key = f"uploads/{key_id}/inline-{hashlib.sha256(data).hexdigest()}.{ext}"
-        storage.put(key, data, parts.media_type if ext != "bin" else "application/octet-stream")
-        del data
-        stored.append(url_for(key))
+        stored.append(url if parts is None else url_for(_store(url, parts, index, key_id, storage, max_bytes)))
     return stored
 
 
-def _decode(url: str, start: int, size: int) -> bytearray:
-    data = bytearray(size)
-    view, filled = memoryview(data), 0
+def _store(url: str, parts: image_url.DataURI, index: int, key_id: str, storage: Storage, max_bytes: int) -> str:
+    """Store one data: URI's image; its key."""
+    size = parts.decoded_size(url)
+    if size > max_bytes:
+        raise ImageInputError(
+            f"image_urls[{index}] holds {size:,} bytes; at most {max_bytes:,} bytes are accepted.",
+            code="input_too_large",
+            field=f"image_urls[{index}]",
+            index=index,
+        )
+    digest = hashlib.sha256()
+    for piece in _decoded_pieces(url, parts.start):
+        digest.update(piece)
+    ext = _TYPES.get(parts.media_type, "bin")
+    key = f"uploads/{key_id}/inline-{digest.hexdigest()}.{ext}"
+    content_type = parts.media_type if ext != "bin" else "application/octet-stream"
+    storage.put_file(key, io.BufferedReader(_DecodingReader(url, parts.start)), content_type)
+    return key
+
+
+def _decoded_pieces(url: str, start: int) -> Iterator[bytes]:
+    """The payload's bytes, a piece at a time (its form was checked: it decodes)."""
     for offset in range(start, len(url), CHUNK_CHARS):
         piece = url[offset : offset + CHUNK_CHARS]
-        piece += "=" * (-len(piece) % 4)  # only the last piece can be short
-        decoded = binascii.a2b_base64(piece, strict_mode=True)
-        view[filled : filled + len(decoded)] = decoded
-        filled += len(decoded)
-    view.release()
-    return data
+        yield binascii.a2b_base64(piece + "=" * (-len(piece) % 4), strict_mode=True)  # only the last is short
+
+
+class _DecodingReader(io.RawIOBase):
+    """A binary file whose content is the payload, decoded as it is read: storage streams it."""
+
+    def __init__(self, url: str, start: int) -> None:
+        self._pieces = _decoded_pieces(url, start)
+        self._piece = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self._piece:
+            self._piece = memoryview(next(self._pieces, b""))
+        count = min(len(buffer), len(self._piece))
+        buffer[:count] = self._piece[:count]
+        self._piece = self._piece[count:]
+        return count

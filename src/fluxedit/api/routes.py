@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, UploadFile
-from fastapi.responses import HTMLResponse, Response
+from fastapi import APIRouter, Depends, File, Header, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -18,6 +18,7 @@ from fluxedit.api.deps import RuntimeDep
 from fluxedit.api.events import stream_response, wait_seconds, wait_until_finished
 from fluxedit.api.faces.fal_apps import apps_of
 from fluxedit.api.inline import store_inline_images
+from fluxedit.api.lean_json import LeanJSONRoute
 from fluxedit.api.webhooks import WEBHOOK_BODY_DOC, RequestedWebhook, WebhookTarget
 from fluxedit.engines.capabilities import capabilities_of
 from fluxedit.errors import FluxeditError, InvalidInput, NotFound
@@ -26,23 +27,39 @@ from fluxedit.jobs.errors import JobConflict
 from fluxedit.jobs.store import Job
 from fluxedit.runtime import Runtime, ServedModel
 from fluxedit.schema import (
+    CURSOR_PATTERN,
     CancelResponse,
     EditInput,
     ErrorResponse,
     FileUploadResponse,
+    Health,
     JobState,
     ModelInfo,
     ModelList,
     RequestList,
     ResultResponse,
     StatusResponse,
+    StorageHealth,
     SubmitResponse,
 )
 from fluxedit.storage import guess_content_type
+from fluxedit.storage.space import InsufficientStorage
 
 router = APIRouter()
 KeyId = Annotated[str, Depends(require_key)]
-ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422, 429, 503)}
+# Every error answer, in its one envelope: 400 is a body that cannot be parsed at all (e.g.
+# broken multipart), 507 a full or read-only disk.
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429, 503, 507)}
+
+
+# What an image is, a schema cannot say: the document says it in words, the upload check in code.
+UploadImage = Annotated[
+    UploadFile,
+    File(
+        description="A JPEG, PNG or WebP image (judged by its bytes, not its name or part type).",
+        json_schema_extra={"minLength": 1},
+    ),
+]
 
 
 def base_url(request: Request) -> str:
@@ -95,14 +112,22 @@ def playground() -> HTMLResponse:
     return HTMLResponse(page.read_text(encoding="utf-8"))
 
 
-@router.get("/healthz", tags=["ops"])
-def healthz(request: Request, runtime: RuntimeDep) -> dict:
-    """Liveness, and whether /v1 needs a key ("auth": "key" | "none"), so a client can tell before a 401."""
-    return {
-        "ok": True,
-        "auth": "none" if request.app.state.allow_unauthenticated else "key",
-        "models": {m.id: m.loaded for m in runtime.models.values()},
-    }
+@router.get("/healthz", tags=["ops"], response_model=Health, responses={503: {"model": Health}})
+def healthz(request: Request, runtime: RuntimeDep) -> JSONResponse:
+    """200 while the server can take work; 503 (and why) when its storage is not writable. `auth` says
+    whether /v1 needs a key ("key" | "none"), so a client can tell before a 401."""
+    try:
+        runtime.storage.check_writable()
+        storage = StorageHealth(writable=True)
+    except InsufficientStorage as exc:
+        storage = StorageHealth(writable=False, error=exc.message)
+    health = Health(
+        ok=storage.writable,
+        auth="none" if request.app.state.allow_unauthenticated else "key",
+        storage=storage,
+        models={m.id: m.loaded for m in runtime.models.values()},
+    )
+    return JSONResponse(health.model_dump(exclude_none=True), status_code=200 if health.ok else 503)
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"], responses=ERRORS)
@@ -123,7 +148,6 @@ def list_models(runtime: RuntimeDep, key_id: KeyId) -> ModelList:
     )
 
 
-@router.post("/v1/models/{model_id:path}", tags=["requests"], responses=ERRORS, openapi_extra=WEBHOOK_BODY_DOC)
 async def submit(
     request: Request,
     response: Response,
@@ -149,6 +173,17 @@ async def submit(
             response.headers["Preference-Applied"] = f"wait={seconds}"
             return await run_in_threadpool(_result, request, runtime, job)
     return SubmitResponse(request_id=job.id, status=job.state, **render.request_urls(base_url(request), job.id))
+
+
+router.add_api_route(
+    "/v1/models/{model_id:path}",
+    submit,
+    methods=["POST"],
+    tags=["requests"],
+    responses=ERRORS,
+    openapi_extra=WEBHOOK_BODY_DOC,
+    route_class_override=LeanJSONRoute,  # the body may hold a 50 MB data: URI
+)
 
 
 def queue_job(
@@ -216,7 +251,7 @@ def list_requests(
     runtime: RuntimeDep,
     key_id: KeyId,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=200, json_schema_extra={"pattern": CURSOR_PATTERN})] = None,
 ) -> RequestList:
     """This key's requests, newest first."""
     jobs, next_cursor = runtime.store.list_jobs(key_id, limit=limit, cursor=cursor)
@@ -272,7 +307,7 @@ def cancel(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId
 
 
 @router.post("/v1/files", response_model=FileUploadResponse, tags=["files"], responses=ERRORS)
-def upload(request: Request, runtime: RuntimeDep, file: UploadFile, key_id: KeyId) -> FileUploadResponse:
+def upload(request: Request, runtime: RuntimeDep, file: UploadImage, key_id: KeyId) -> FileUploadResponse:
     """Upload a reference image; the URL it returns can go in image_urls."""
     cap = runtime.settings.max_upload_bytes
     data = file.file.read(cap + 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import mimetypes
 import re
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from fluxedit.errors import FluxeditError
 
@@ -52,7 +52,16 @@ class Storage(Protocol):
     """Where output and uploaded images live. Implementations: LocalStorage, S3Storage."""
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
-        """Store `data` under `key`, replacing any previous object atomically."""
+        """Store `data` under `key`, replacing any previous object atomically.
+
+        Raises InsufficientStorage (507) when the disk is full or read-only; nothing
+        stored before is lost then."""
+
+    def put_file(self, key: str, file: BinaryIO, content_type: str) -> None:
+        """Store what is left to read of `file` under `key`, read a piece at a time, as put() does."""
+
+    def check_writable(self) -> None:
+        """Raise InsufficientStorage when nothing new could be stored now (a full or read-only disk)."""
 
     def get(self, key: str) -> bytes:
         """The bytes stored under `key`; FileNotFoundError if absent."""

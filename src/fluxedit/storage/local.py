@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from fluxedit.storage.base import check_key, guess_content_type
 from fluxedit.storage.signing import UrlSigner
+from fluxedit.storage.space import is_no_room, no_room
 
 # Content types live in a parallel hidden tree; keys cannot start with ".", so no clash.
 _TYPES_DIR = ".types"
+_PROBE_BYTES = 4096  # a page: a full disk refuses even that
 
 
 class LocalStorage:
@@ -28,8 +35,34 @@ class LocalStorage:
         return self.root / _TYPES_DIR / check_key(key)
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
-        _write_atomic(self._type_path(key), content_type.encode())
-        _write_atomic(self._path(key), data)
+        self.put_file(key, io.BytesIO(data), content_type)
+
+    def put_file(self, key: str, file: BinaryIO, content_type: str) -> None:
+        type_path, path = self._type_path(key), self._path(key)
+        with self._no_room_is_507():
+            _write_atomic(type_path, io.BytesIO(content_type.encode()))
+            _write_atomic(path, file)
+
+    def check_writable(self) -> None:
+        """Write (and remove) a small probe file: a full or read-only disk refuses it."""
+        with self._no_room_is_507():
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".probe-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(b"\0" * _PROBE_BYTES)
+                    f.flush()
+            finally:
+                os.unlink(probe)
+
+    @contextmanager
+    def _no_room_is_507(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            if not is_no_room(exc):
+                raise
+            raise no_room(f"the files directory {self.root}") from exc
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
@@ -76,7 +109,7 @@ class LocalStorage:
         return removed
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, source: BinaryIO) -> None:
     # Temp file in the same directory, then rename: readers see the old or the new file, never half.
     for attempt in range(3):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +121,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
                 raise
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            shutil.copyfileobj(source, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from fluxedit.config import Settings
@@ -66,6 +66,13 @@ class S3Storage:
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._object(key), Body=data, ContentType=content_type)
+
+    def put_file(self, key: str, file: BinaryIO, content_type: str) -> None:
+        # boto3 reads it in parts (a multipart upload once it is large), never all at once.
+        self.client.upload_fileobj(file, self.bucket, self._object(key), ExtraArgs={"ContentType": content_type})
+
+    def check_writable(self) -> None:
+        """Nothing to check: an object store does not fill up, and a bad credential shows on put."""
 
     def get(self, key: str) -> bytes:
         try:
