@@ -24,7 +24,10 @@ from pydantic import ValidationError
 from _fixtures_server import LiveServer
 from fluxedit import __version__
 from fluxedit.api.routes import router
+from fluxedit.engines.capabilities import capabilities_of
+from fluxedit.errors import FluxeditError
 from fluxedit.schema import EditInput
+from fluxedit.webhooks.sender import check_destination
 
 PRO = "blackforestlabs/flux-2/pro/edit"
 MAX_EXAMPLES = 8  # random cases per operation, after its examples and edge cases
@@ -73,6 +76,23 @@ def test_the_server_serves_the_document_fuzzed(fuzzed_server):
 
 @schema.parametrize()
 def test_the_server_does_what_its_openapi_document_says(case, fuzzed_server):
+    refused = _webhook_refusal(case) if case.meta.generation.mode.is_positive else None
+    if refused:
+        # A webhook destination the address policy refuses by the URL alone (no scheme, an
+        # IP literal inside the network, a filter with no URL): rules on a URL's meaning,
+        # which JSON Schema cannot state. The server must refuse it at submit, naming the field.
+        answer = case.call(base_url=fuzzed_server.base_url, headers=fuzzed_server.headers())
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["field"] in ("webhook", "webhook_events_filter"), answer.text
+        return
+    refused_fields = _fields_the_model_cannot_honour(case) if case.meta.generation.mode.is_positive else []
+    if refused_fields:
+        # Valid fields that the served model's engine cannot honour (safety_tolerance on a local
+        # model, ...): a rule of the model, not of the schema. Refused at submit, naming one.
+        answer = case.call(base_url=fuzzed_server.base_url, headers=fuzzed_server.headers())
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["field"] in refused_fields, answer.text
+        return
     if case.meta.generation.mode.is_positive and _over_the_size_rules(case.body):
         # Width and height each within their bounds, but together over 4 MP (or over JPEG's
         # side): a rule relating two fields, which JSON Schema cannot state (the document
@@ -82,6 +102,34 @@ def test_the_server_does_what_its_openapi_document_says(case, fuzzed_server):
         assert answer.json()["error"]["field"] == "image_size", answer.text
         return
     case.call_and_validate(base_url=fuzzed_server.base_url, headers=fuzzed_server.headers())
+
+
+def _webhook_refusal(case) -> bool:
+    """Whether fluxedit's own rules refuse the webhook a submit asks for (its URL, or a filter without one)."""
+    if case.operation.method.upper() != "POST" or not case.operation.path.startswith("/v1/models/"):
+        return False
+    body = case.body if isinstance(case.body, dict) else {}
+    urls = [u for u in ((case.query or {}).get("webhook"), body.get("webhook")) if u is not None]
+    if not urls:
+        return body.get("webhook_events_filter") is not None
+    if len(set(urls)) > 1:
+        return True
+    try:
+        check_destination(urls[0], [])
+    except FluxeditError:
+        return True
+    return False
+
+
+def _fields_the_model_cannot_honour(case) -> list[str]:
+    """The body's fields that the tiny model (a local engine) refuses, by fluxedit's own capability table."""
+    if case.operation.method.upper() != "POST" or not case.operation.path.startswith("/v1/models/"):
+        return []
+    try:
+        params = EditInput.model_validate(case.body)
+    except ValidationError:
+        return []
+    return capabilities_of("tiny").refused(params)
 
 
 def _over_the_size_rules(body: object) -> bool:

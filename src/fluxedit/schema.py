@@ -131,7 +131,7 @@ class EditInput(BaseModel):
     )
     seed: WholeNumber = Field(0, ge=0, le=MAX_SEED, description="Same seed, same inputs: same image.")
     output_format: OutputFormat = "jpeg"
-    num_images: int = Field(1, ge=1, le=MAX_IMAGES, description="How many images to make from these inputs.")
+    num_images: WholeNumber = Field(1, ge=1, le=MAX_IMAGES, description="How many images to make from these inputs.")
     # fluxedit extensions, not in the hosted schema:
     num_inference_steps: Annotated[int, Field(ge=1, le=100), WHOLE] | None = Field(
         None, description="Denoising steps; default: the model's."
