@@ -1,0 +1,171 @@
+"""Webhook latency: job end (its finished_at) -> the completed event's arrival at a receiver.
+
+Starts `fluxedit serve --model tiny` (the embedded mode: SQLite, in-process workers)
+on a loopback port with a fresh data dir, and a receiver thread on 127.0.0.1 here.
+Jobs are tiny (64x64, 2 steps, a data: URI reference). Two phases:
+
+  idle:   one job at a time, the next submitted once the previous webhook arrived;
+  burst:  all jobs submitted at once, the worker running them back to back.
+
+Both clocks are this machine's, so arrival - finished_at is the delay itself.
+
+Run:  PYTHONPATH=src python bench/events.py [--jobs 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+MODEL = "blackforestlabs/flux-2/klein-4b/edit"
+KEY_LINE = re.compile(r"Created the first API key \(shown once, keep it\): (\S+)")
+
+
+class Receiver(ThreadingHTTPServer):
+    """Records (arrival time, payload) for each POST and answers 204."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.daemon_threads = True
+        self.arrivals: dict[str, tuple[float, dict]] = {}  # request id -> first arrival
+        self.cond = threading.Condition()
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_port}/hook"
+
+    def wait(self, count: int, timeout_s: float = 300) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: len(self.arrivals) >= count, timeout_s):
+                raise RuntimeError(f"only {len(self.arrivals)} of {count} webhooks arrived in {timeout_s} s")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        arrived = time.time()
+        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(204)
+        self.end_headers()
+        with self.server.cond:
+            self.server.arrivals.setdefault(payload["data"]["request_id"], (arrived, payload))
+            self.server.cond.notify_all()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(data_dir: Path, port: int) -> tuple[subprocess.Popen, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXEDIT_")}
+    env.update(
+        FLUXEDIT_DATA_DIR=str(data_dir),
+        FLUXEDIT_FETCH_ALLOW='["127.0.0.1"]',
+        FLUXEDIT_MAX_QUEUED_PER_MODEL="1000",
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
+    cmd = [sys.executable, "-m", "fluxedit", "serve", "--port", str(port), "--model", "tiny", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if match := KEY_LINE.search(line):
+            key = match.group(1)
+        if "serving" in line:
+            break
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # drain its output
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc, key
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("fluxedit serve did not come up")
+
+
+def edit_body(webhook: str) -> dict:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (30, 160, 90)).save(buffer, "PNG")
+    reference = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return {
+        "prompt": "bench",
+        "image_urls": [reference],
+        "image_size": {"width": 64, "height": 64},
+        "num_inference_steps": 2,
+        "webhook": webhook,
+    }
+
+
+def latencies_ms(receiver: Receiver, ids: list[str]) -> list[float]:
+    out = []
+    for rid in ids:
+        arrived, payload = receiver.arrivals[rid]
+        finished = datetime.fromisoformat(payload["data"]["finished_at"].replace("Z", "+00:00")).timestamp()
+        out.append((arrived - finished) * 1e3)
+    return out
+
+
+def summary(name: str, values: list[float]) -> str:
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return f"| {name:<6} | {len(values):>4} | {statistics.median(values):>8.1f} | {p99:>8.1f} | {max(values):>8.1f} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=100)
+    args = parser.parse_args()
+
+    receiver = Receiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, key = start_server(Path(tmp), port)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}) as http:
+                body = edit_body(receiver.url())
+                http.post(f"/v1/models/{MODEL}", json=body).raise_for_status()  # warm-up: weights, first run
+                receiver.wait(1)
+                receiver.arrivals.clear()
+
+                print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+                print("job end (finished_at) -> completed webhook arrival, ms")
+                print("| phase  | jobs |      p50 |      p99 |      max |")
+                print("| ------ | ----:| --------:| --------:| --------:|")
+                idle = []
+                for n in range(args.jobs):
+                    idle.append(http.post(f"/v1/models/{MODEL}", json=body).json()["request_id"])
+                    receiver.wait(n + 1)
+                print(summary("idle", latencies_ms(receiver, idle)), flush=True)
+                burst = [http.post(f"/v1/models/{MODEL}", json=body).json()["request_id"] for _ in range(args.jobs)]
+                receiver.wait(2 * args.jobs, timeout_s=60 + 20 * args.jobs)  # the worker runs them one by one
+                print(summary("burst", latencies_ms(receiver, burst)))
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
