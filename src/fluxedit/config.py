@@ -50,6 +50,14 @@ class Settings(BaseSettings):
         30, ge=1, description="Lookups of request ids a key does not have, per key and minute; more answer 429."
     )
 
+    metrics_token: str | None = Field(
+        None, repr=False, description="Bearer token for GET /metrics; None: /metrics answers loopback clients only."
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="`fluxedit worker`: serve its Prometheus metrics on this port."
+    )
+    metrics_bind: str = Field("127.0.0.1", description="`fluxedit worker`: the address of its metrics port.")
+
     # --- inputs ----------------------------------------------------------------
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(64_000_000, ge=1)

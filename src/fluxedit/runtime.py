@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from fluxedit.config import Settings
@@ -25,6 +25,7 @@ from fluxedit.jobs.keys import KeyStore
 from fluxedit.jobs.migrate import upgrade_database
 from fluxedit.jobs.store import JobStore
 from fluxedit.jobs.worker import WorkerContext
+from fluxedit.metrics import Metrics
 from fluxedit.storage import open_storage, resolve_issued_url
 from fluxedit.storage.base import Storage
 from fluxedit.storage.signing import UrlSigner
@@ -82,13 +83,14 @@ class Runtime:
     signer: UrlSigner
     storage: Storage
     dispatcher: Dispatcher | None = None
+    metrics: Metrics = field(default_factory=Metrics)  # this process's registry (GET /metrics, a worker's port)
 
     def resolve_local(self, url: str) -> bytes | None:
         """The bytes of a URL this service issued (uploads), read from storage; None for any other URL."""
         return resolve_issued_url(url, self.storage, self.signer)
 
     def worker_context(self) -> WorkerContext:
-        return WorkerContext(self.store, self.storage, self.settings, self.resolve_local)
+        return WorkerContext(self.store, self.storage, self.settings, self.resolve_local, self.metrics)
 
     @property
     def engines(self) -> dict[str, Engine]:
@@ -129,6 +131,8 @@ def open_runtime(
         storage=open_storage(settings, signer),
     )
     runtime.dispatcher = _dispatcher(runtime, local_workers=local_workers, dispatch=dispatch)
+    if runtime.engines:
+        runtime.metrics.watch_engines(lambda: {m.id: m.loaded for m in runtime.models.values() if m.engine})
     return runtime
 
 

@@ -14,6 +14,7 @@ from fluxedit.api.errors import install_error_handlers
 from fluxedit.api.events import StreamSlots
 from fluxedit.api.guesses import GuessLimit
 from fluxedit.api.limits import BodySizeLimit
+from fluxedit.api.metrics import router as metrics_router
 from fluxedit.api.routes import router
 from fluxedit.jobs.periodic import Periodic
 from fluxedit.runtime import Runtime
@@ -51,6 +52,8 @@ def create_app(runtime: Runtime, *, allow_unauthenticated: bool = False) -> Fast
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_request_bytes)
     app.include_router(router)
+    app.include_router(metrics_router)
+    runtime.metrics.watch_queue(runtime.models, runtime.store.queued_count)
     install_docs(app)
     playground = resources.files("fluxedit.api") / "playground"
     app.mount("/playground", StaticFiles(directory=str(playground)), name="playground")

@@ -19,6 +19,7 @@ from fluxedit.api.inline import store_inline_images
 from fluxedit.errors import FluxeditError, InvalidInput, NotFound
 from fluxedit.images.sniff import sniff_upload
 from fluxedit.jobs.store import Job
+from fluxedit.metrics import api_face
 from fluxedit.runtime import Runtime
 from fluxedit.schema import (
     EditInput,
@@ -194,6 +195,7 @@ def queue_job(request: Request, model_id: str, body: EditInput, key_id: str, ide
         max_queued=runtime.settings.max_queued_per_model,
         idempotency_key=idempotency_key,
     )
+    runtime.metrics.job_submitted(model_id, api_face(request.url.path))
     if runtime.dispatcher is not None:
         runtime.dispatcher.notify(job)
     return job
@@ -245,6 +247,8 @@ def cancel(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId
     except NotFound:  # not this key's, or no such id
         request.app.state.guesses.miss(key_id, request_id)
         raise
+    if job.state == JobState.cancelled:  # it was queued: it ends here, not in a worker
+        runtime.metrics.job_finished(job.model_id, job.state.value)
     return StatusResponse(**_status_fields(request, runtime, job))
 
 
