@@ -15,6 +15,7 @@ from fluxedit.api.events import StreamSlots
 from fluxedit.api.guesses import GuessLimit
 from fluxedit.api.limits import BodySizeLimit
 from fluxedit.api.metrics import router as metrics_router
+from fluxedit.api.quotas import KeyQuota
 from fluxedit.api.routes import router
 from fluxedit.jobs.periodic import Periodic
 from fluxedit.runtime import Runtime
@@ -49,6 +50,7 @@ def create_app(runtime: Runtime, *, allow_unauthenticated: bool = False) -> Fast
     app.state.allow_unauthenticated = allow_unauthenticated
     app.state.stream_slots = StreamSlots(runtime.settings.max_streams_per_key)
     app.state.guesses = GuessLimit(runtime.settings.max_unknown_ids_per_minute)
+    app.state.quota = KeyQuota(runtime)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_request_bytes)
     app.include_router(router)

@@ -173,6 +173,7 @@ def queue_job(request: Request, model_id: str, body: EditInput, key_id: str, ide
     if model is None:
         served = ", ".join(sorted(runtime.models))
         raise NotFound(f"Model {model_id!r} is not served here. Served models: {served}.", field="model_id")
+    request.app.state.quota.check_submit(key_id)
     limit = model.max_references
     if len(body.image_urls) > limit:
         raise InvalidInput(

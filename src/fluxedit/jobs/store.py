@@ -228,6 +228,12 @@ class JobStore(Database):
         with self._read() as conn:
             return int(conn.execute(query).scalar_one())
 
+    def queued_count_for_key(self, key_id: str) -> int:
+        """This key's in_queue jobs, all models together (its max_queued limit)."""
+        query = sa.select(sa.func.count()).where(_J.state == JobState.in_queue.value, _J.key_id == key_id)
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def queued_jobs(self) -> list[tuple[str, str]]:
         """(id, model_id) of every in_queue job, oldest first."""
         query = sa.select(_J.id, _J.model_id).where(_J.state == JobState.in_queue.value).order_by(_J.seq)

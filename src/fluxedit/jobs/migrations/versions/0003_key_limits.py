@@ -1,0 +1,28 @@
+"""Per-key limits: queued and running jobs, requests per minute, scheduling priority.
+
+Revision ID: 0003
+Revises: 0001
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0001"  # lead: re-chain after 0002
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "key_limits",
+        sa.Column("key_id", sa.String(32), primary_key=True),
+        sa.Column("max_queued", sa.Integer),
+        sa.Column("max_running", sa.Integer),
+        sa.Column("requests_per_minute", sa.Integer),
+        sa.Column("priority", sa.Integer),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("key_limits")
