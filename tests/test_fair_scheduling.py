@@ -67,3 +67,34 @@ def test_within_a_round_the_key_served_least_recently_goes_first() -> None:
     recently = {"a": datetime(2026, 1, 1, 12, 0), "b": datetime(2026, 1, 1, 11, 0)}
     assert [q.seq for q in fair_order(queued, recently, {})] == [2, 1, 3]
     assert [q.seq for q in fair_order(queued, {}, {})] == [1, 2, 3]
+
+
+def test_embedded_server_runs_the_other_keys_job_among_the_next_two(tmp_path, start_server, image_server) -> None:
+    """A real `fluxedit serve`: key A queues 20 jobs, then key B one; B's starts among the next two."""
+    from _fixtures_images import png_bytes
+    from _fixtures_server import run_cli
+
+    image_server.add("/fair-ref.png", png_bytes((96, 64)), "image/png")
+    a, b = (run_cli("keys", "create", "--name", n, data_dir=tmp_path).stdout.strip() for n in ("a", "b"))
+    server = start_server("--model", "tiny", data_dir=tmp_path, fetch_allow='["127.0.0.1"]')
+    payload = {"prompt": "x", "image_urls": [image_server.url("/fair-ref.png")], "image_size": "square"}
+    payload["num_inference_steps"] = 8
+    with server.client(a) as http:
+        a_ids = [http.post(f"/v1/models/{MODEL}", json=payload).json()["request_id"] for _ in range(20)]
+    with server.client(b) as http:
+        b_id = http.post(f"/v1/models/{MODEL}", json=payload).json()["request_id"]
+        b_done = server.wait_for(b_id, {"completed"}, key=b)
+    with server.client(a) as http:
+        a_jobs = [http.get(f"/v1/requests/{i}/status").json() for i in a_ids]
+    submitted = datetime.fromisoformat(b_done["created_at"])
+    # A's jobs that started after B's was queued, and before it: at most one.
+    ahead = [
+        j
+        for j in a_jobs
+        if j["started_at"]
+        and submitted < datetime.fromisoformat(j["started_at"]) < datetime.fromisoformat(b_done["started_at"])
+    ]
+    assert len(ahead) <= 1
+    # Not vacuous: A still had jobs waiting when B's was queued.
+    waiting = [j for j in a_jobs if not j["started_at"] or datetime.fromisoformat(j["started_at"]) > submitted]
+    assert len(waiting) >= 2
