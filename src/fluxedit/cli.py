@@ -110,11 +110,23 @@ def cmd_keys(args: argparse.Namespace) -> int:
             state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
             limits = key.limits.describe()
             print(f"{key.id}\t{key.prefix}…\t{key.name}\t{key.created_at:%Y-%m-%d %H:%M}\t{state}\t{limits}")
+    elif args.keys_command == "usage":
+        _print_usage(keys, args)
     elif args.keys_command == "revoke":
         if not keys.revoke(args.key):
             raise FluxeditError(f"No active key {args.key!r}.", code="not_found")
         print(f"revoked {args.key}")
     return 0
+
+
+def _print_usage(keys, args: argparse.Namespace) -> None:
+    from fluxedit.jobs.usage import UsageReader
+
+    key_id = keys.find_id(args.key) if args.key else None
+    print("date\tkey\tjobs\toutput_megapixels\tengine_seconds")
+    for day in UsageReader(keys.engine).days(key_id=key_id, days=args.days):
+        jobs = " ".join(f"{state}={n}" for state, n in sorted(day.jobs.items()))
+        print(f"{day.day}\t{day.key_id}\t{jobs}\t{day.output_megapixels:.4f}\t{day.engine_seconds:.3f}")
 
 
 def _limit_args(args: argparse.Namespace) -> dict[str, int]:
@@ -215,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     update = keys_sub.add_parser("update", parents=[limit_flags], help="change a key's limits (by id or prefix)")
     update.add_argument("key")
     keys_sub.add_parser("list", help="list keys and their limits (never their secrets)")
+    usage = keys_sub.add_parser("usage", help="usage per key and day: jobs by state, megapixels, engine seconds")
+    usage.add_argument("key", nargs="?", help="a key id or prefix (default: every key)")
+    usage.add_argument("--days", type=int, default=30, help="how many days back, today included (default 30)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id or prefix")
     revoke.add_argument("key")
     keys.set_defaults(func=cmd_keys)

@@ -17,6 +17,7 @@ from fluxedit.api.limits import BodySizeLimit
 from fluxedit.api.metrics import router as metrics_router
 from fluxedit.api.quotas import KeyQuota
 from fluxedit.api.routes import router
+from fluxedit.api.usage import router as usage_router
 from fluxedit.jobs.periodic import Periodic
 from fluxedit.runtime import Runtime
 
@@ -55,6 +56,7 @@ def create_app(runtime: Runtime, *, allow_unauthenticated: bool = False) -> Fast
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_request_bytes)
     app.include_router(router)
     app.include_router(metrics_router)
+    app.include_router(usage_router)
     runtime.metrics.watch_queue(runtime.models, runtime.store.queued_count)
     install_docs(app)
     playground = resources.files("fluxedit.api") / "playground"

@@ -109,10 +109,16 @@ class KeyStore(Database):
                 conn.execute(sa.insert(key_limits_table).values(key_id=key_id, **given))
         return key_id
 
-    def _one_active(self, key_id_or_prefix: str) -> str:
+    def find_id(self, key_id_or_prefix: str) -> str:
+        """The id of the key (active or revoked) with this id or displayed prefix."""
+        return self._one_active(key_id_or_prefix, revoked_too=True)
+
+    def _one_active(self, key_id_or_prefix: str, *, revoked_too: bool = False) -> str:
         match = sa.or_(_K.id == key_id_or_prefix, _K.prefix == key_id_or_prefix)
+        if not revoked_too:
+            match = sa.and_(match, _K.revoked_at.is_(None))
         with self._read() as conn:
-            ids = conn.execute(sa.select(_K.id).where(match, _K.revoked_at.is_(None))).scalars().all()
+            ids = conn.execute(sa.select(_K.id).where(match)).scalars().all()
         if len(ids) > 1:
             raise InvalidInput(f"{key_id_or_prefix!r} matches {len(ids)} keys; give the key id instead.")
         if not ids:
