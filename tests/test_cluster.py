@@ -28,6 +28,8 @@ from fluxedit.jobs.db import metadata, open_database
 from fluxedit.jobs.migrate import current_revision, upgrade_database
 from fluxedit.jobs.store import JobStore
 
+HEAD_REVISION = "0003"  # the newest migration (jobs/migrations/versions)
+
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
 ALPHA = "test/alpha/edit"
@@ -160,7 +162,7 @@ def test_postgres_schema_comes_from_the_migrations(cluster: Cluster) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    assert current_revision(cluster.database_url) == "0001"
+    assert current_revision(cluster.database_url) == HEAD_REVISION
     engine = open_database(cluster.database_url)
     try:
         with engine.connect() as conn:
@@ -183,7 +185,7 @@ def test_a_database_made_by_create_all_is_adopted(new_postgres_database) -> None
         )
     upgrade_database(url)
     upgrade_database(url)  # a second start finds it current
-    assert current_revision(url) == "0001"
+    assert current_revision(url) == HEAD_REVISION
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT name FROM api_keys")).scalar_one() == "old"
     engine.dispose()
