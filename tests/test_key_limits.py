@@ -68,3 +68,17 @@ def test_requests_per_minute_answers_429_naming_the_limit(tmp_path, start_server
     assert refused.status_code == 429 and "requests_per_minute=2" in refused.json()["error"]["message"]
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
     assert submit(server, b, image_server).status_code == 200
+
+
+def test_a_revoked_key_harms_no_other_keys_jobs(tmp_path, start_server, image_server) -> None:
+    image_server.add("/limits-ref.png", png_bytes((96, 64)), "image/png")
+    a = create_key(tmp_path, "leaving")
+    b = create_key(tmp_path, "staying")
+    server = start_server("--model", "tiny", data_dir=tmp_path, fetch_allow='["127.0.0.1"]')
+    assert all(submit(server, a, image_server).status_code == 200 for _ in range(3))
+    key_id = run_cli("keys", "list", data_dir=tmp_path).stdout.split()[0]
+    assert run_cli("keys", "revoke", key_id, data_dir=tmp_path).returncode == 0
+    assert submit(server, a, image_server).status_code == 401
+    answer = submit(server, b, image_server)
+    assert answer.status_code == 200
+    assert server.wait_for(answer.json()["request_id"], {"completed", "failed"}, key=b)["status"] == "completed"
