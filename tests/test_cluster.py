@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 from PIL import Image
 
 from _fixtures_cluster import Process, S3Server
-from _fixtures_server import LiveServer, fluxedit_env
+from _fixtures_server import LiveServer, fluxedit_env, run_cli
 from fluxedit.config import Settings
 from fluxedit.jobs.celery_app import queue_name, resend_queued
 from fluxedit.jobs.db import metadata, open_database
@@ -33,7 +34,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 ALPHA = "test/alpha/edit"
 BETA = "test/beta/edit"
 MODEL_FLAGS = ["--model", f"{ALPHA}=tiny", "--model", f"{BETA}=tiny"]
-HEAD_REVISION = "0003"  # the newest file in src/fluxedit/jobs/migrations/versions/
+HEAD_REVISION = "0004"  # the newest file in src/fluxedit/jobs/migrations/versions/
 
 
 def _reference() -> str:
@@ -232,6 +233,24 @@ def test_forty_jobs_over_two_models_run_on_both_workers(cluster: Cluster) -> Non
     assert url.startswith(cluster.s3.endpoint_url), "a presigned bucket URL"
     image = Image.open(io.BytesIO(httpx.get(url).content))
     assert (image.format, image.size) == ("JPEG", (64, 64))
+
+
+def test_a_key_with_one_job_starts_among_the_next_two_after_a_key_with_twenty(cluster: Cluster, tmp_path) -> None:
+    other = run_cli("keys", "create", "--name", "b", data_dir=tmp_path, database_url=cluster.database_url)
+    b_key = other.stdout.strip()
+    a_ids = [cluster.submit(ALPHA, edit_body(steps=6)) for _ in range(20)]
+    with cluster.apis[1].client(b_key) as http:
+        b_id = http.post(f"/v1/models/{ALPHA}", json=edit_body(steps=6)).json()["request_id"]
+        deadline = time.monotonic() + 300
+        while (b := http.get(f"/v1/requests/{b_id}/status").json())["status"] != "completed":
+            assert time.monotonic() < deadline, b
+            time.sleep(0.1)
+    a_jobs = [cluster.wait_for(rid, {"completed"}) for rid in a_ids]
+    queued_at, b_started = datetime.fromisoformat(b["created_at"]), datetime.fromisoformat(b["started_at"])
+    started = [datetime.fromisoformat(j["started_at"]) for j in a_jobs]
+    assert sum(1 for t in started if t > queued_at) >= 2, "A still had jobs waiting when B queued"
+    # Two workers: the next two claims after B queued; B is one of them.
+    assert sum(1 for t in started if queued_at < t < b_started) <= 1
 
 
 def test_an_upload_to_one_api_process_is_a_reference_for_a_job_on_another(cluster: Cluster) -> None:

@@ -24,6 +24,9 @@ from fluxedit.runtime import open_runtime
 from fluxedit.webhooks.deliverer import Deliverer
 from fluxedit.webhooks.sender import Delivery, post
 
+# The newest migration (src/fluxedit/jobs/migrations/versions/); test_cluster.py checks it too.
+HEAD_REVISION = "0004"
+
 MODEL = "blackforestlabs/flux-2/klein-4b/edit"
 RETRY_S = 0.3
 PROGRESS_S = 0.2
@@ -412,7 +415,7 @@ def test_upgrade_of_a_postgres_database_made_by_the_0001_schema(new_postgres_dat
     url = new_postgres_database()
     _database_at_0001(url)
     _assert_upgraded(url)
-    assert current_revision(url) == "0003"
+    assert current_revision(url) == HEAD_REVISION
     engine = open_database(url)
     try:
         with engine.connect() as conn:

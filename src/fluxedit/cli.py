@@ -122,21 +122,55 @@ def cmd_keys(args: argparse.Namespace) -> int:
     upgrade_database(keys.engine)  # `keys create` may come before the first `serve`
     if args.keys_command == "create":
         key_id, secret = keys.create(args.name)
+        if _limit_args(args):
+            keys.set_limits(key_id, **_limit_args(args))
         print(secret)  # alone on stdout: scripts capture it (KEY=$(fluxedit keys create))
         print(
             f"key id {key_id} ({args.name}); the key is shown once and stored only as a hash. "
             f"Its webhook signing secret: {keys.webhook_secret(key_id)} (GET /v1/webhooks/secret answers it again)",
             file=sys.stderr,
         )
+    elif args.keys_command == "update":
+        key_id = keys.set_limits(args.key, **_limit_args(args))
+        print(f"{key_id}\t{keys.limits_of(key_id).describe()}")
     elif args.keys_command == "list":
         for key in keys.list_keys():
             state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
-            print(f"{key.id}\t{key.prefix}…\t{key.name}\t{key.created_at:%Y-%m-%d %H:%M}\t{state}")
+            limits = key.limits.describe()
+            print(f"{key.id}\t{key.prefix}…\t{key.name}\t{key.created_at:%Y-%m-%d %H:%M}\t{state}\t{limits}")
+    elif args.keys_command == "usage":
+        _print_usage(keys, args)
     elif args.keys_command == "revoke":
         if not keys.revoke(args.key):
             raise FluxeditError(f"No active key {args.key!r}.", code="not_found")
         print(f"revoked {args.key}")
     return 0
+
+
+def _print_usage(keys, args: argparse.Namespace) -> None:
+    from fluxedit.jobs.usage import UsageReader
+
+    key_id = keys.find_id(args.key) if args.key else None
+    print("date\tkey\tjobs\toutput_megapixels\tengine_seconds")
+    for day in UsageReader(keys.engine).days(key_id=key_id, days=args.days):
+        jobs = " ".join(f"{state}={n}" for state, n in sorted(day.jobs.items()))
+        print(f"{day.day}\t{day.key_id}\t{jobs}\t{day.output_megapixels:.4f}\t{day.engine_seconds:.3f}")
+
+
+def _limit_args(args: argparse.Namespace) -> dict[str, int]:
+    from fluxedit.jobs.key_limits import LIMIT_NAMES
+
+    return {name: getattr(args, name) for name in LIMIT_NAMES if getattr(args, name, None) is not None}
+
+
+def _limit_flags() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("limits (unset: the FLUXEDIT_KEY_* defaults)")
+    group.add_argument("--max-queued", type=int, help="queued jobs of this key, all models; more answer 429")
+    group.add_argument("--max-running", type=int, help="jobs of this key running at once")
+    group.add_argument("--requests-per-minute", type=int, help="submits per minute (per API process)")
+    group.add_argument("--priority", type=int, help="higher goes first among the keys waiting (default 0)")
+    return parser
 
 
 # --------------------------------------------------------------------------- tiny-model
@@ -217,9 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="create a key and print its secret once")
+    limit_flags = _limit_flags()
+    create = keys_sub.add_parser("create", parents=[limit_flags], help="create a key and print its secret once")
     create.add_argument("--name", default="default")
-    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    update = keys_sub.add_parser("update", parents=[limit_flags], help="change a key's limits (by id or prefix)")
+    update.add_argument("key")
+    keys_sub.add_parser("list", help="list keys and their limits (never their secrets)")
+    usage = keys_sub.add_parser("usage", help="usage per key and day: jobs by state, megapixels, engine seconds")
+    usage.add_argument("key", nargs="?", help="a key id or prefix (default: every key)")
+    usage.add_argument("--days", type=int, default=30, help="how many days back, today included (default 30)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id or prefix")
     revoke.add_argument("key")
     keys.set_defaults(func=cmd_keys)

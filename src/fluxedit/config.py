@@ -66,6 +66,24 @@ class Settings(BaseSettings):
         'an empty model id removes an app, e.g. {"fal-ai/flux-2/edit": ""}.',
     )
 
+    metrics_token: str | None = Field(
+        None, repr=False, description="Bearer token for GET /metrics; None: /metrics answers loopback clients only."
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="`fluxedit worker`: serve its Prometheus metrics on this port."
+    )
+    metrics_bind: str = Field("127.0.0.1", description="`fluxedit worker`: the address of its metrics port.")
+
+    key_max_queued: int | None = Field(
+        None, ge=1, description="Default for keys without their own: queued jobs per key (all models); more is a 429."
+    )
+    key_max_running: int | None = Field(
+        None, ge=1, description="Default for keys without their own: jobs of one key running at once."
+    )
+    key_requests_per_minute: int | None = Field(
+        None, ge=1, description="Default for keys without their own: submits per key and minute, per API process."
+    )
+
     # --- inputs ----------------------------------------------------------------
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(64_000_000, ge=1)

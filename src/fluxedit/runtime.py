@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -31,6 +31,7 @@ from fluxedit.jobs.migrate import upgrade_database
 from fluxedit.jobs.outbox import Outbox, OutboxEvent
 from fluxedit.jobs.store import JobStore
 from fluxedit.jobs.worker import WorkerContext
+from fluxedit.metrics import Metrics
 from fluxedit.storage import load_secret, open_storage, resolve_issued_url
 from fluxedit.storage.base import Storage
 from fluxedit.storage.signing import UrlSigner
@@ -93,13 +94,14 @@ class Runtime:
     outbox: Outbox
     dispatcher: Dispatcher | None = None
     deliverer: Deliverer | None = None
+    metrics: Metrics = field(default_factory=Metrics)  # this process's registry (GET /metrics, a worker's port)
 
     def resolve_local(self, url: str) -> bytes | None:
         """The bytes of a URL this service issued (uploads), read from storage; None for any other URL."""
         return resolve_issued_url(url, self.storage, self.signer)
 
     def worker_context(self) -> WorkerContext:
-        return WorkerContext(self.store, self.storage, self.settings, self.resolve_local)
+        return WorkerContext(self.store, self.storage, self.settings, self.resolve_local, self.metrics)
 
     @property
     def engines(self) -> dict[str, Engine]:
@@ -166,6 +168,8 @@ def open_runtime(
     runtime.dispatcher = _dispatcher(runtime, local_workers=local_workers, dispatch=dispatch)
     runtime.deliverer = Deliverer(runtime.outbox, runtime.render_webhook, settings)
     store.on_event(runtime.deliverer.wake)  # events this process writes go out at once, not at the next poll
+    if runtime.engines:
+        runtime.metrics.watch_engines(lambda: {m.id: m.loaded for m in runtime.models.values() if m.engine})
     return runtime
 
 

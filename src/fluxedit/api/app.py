@@ -17,7 +17,10 @@ from fluxedit.api.faces import replicate as replicate_face
 from fluxedit.api.faces.fal import router as fal_router
 from fluxedit.api.guesses import GuessLimit
 from fluxedit.api.limits import BodySizeLimit
+from fluxedit.api.metrics import router as metrics_router
+from fluxedit.api.quotas import KeyQuota
 from fluxedit.api.routes import router
+from fluxedit.api.usage import router as usage_router
 from fluxedit.api.webhooks import router as webhooks_router
 from fluxedit.jobs.periodic import Periodic
 from fluxedit.runtime import Runtime
@@ -57,11 +60,15 @@ def create_app(runtime: Runtime, *, allow_unauthenticated: bool = False) -> Fast
     app.state.allow_unauthenticated = allow_unauthenticated
     app.state.stream_slots = StreamSlots(runtime.settings.max_streams_per_key)
     app.state.guesses = GuessLimit(runtime.settings.max_unknown_ids_per_minute)
+    app.state.quota = KeyQuota(runtime)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_request_bytes)
     app.include_router(router)
     app.include_router(replicate_face.router)
     app.include_router(bfl_face.router)
+    app.include_router(metrics_router)
+    app.include_router(usage_router)
+    runtime.metrics.watch_queue(runtime.models, runtime.store.queued_count)
     install_docs(app)
     app.include_router(fal_router)  # fal's queue API under /fal (api/faces/fal.py)
     app.include_router(webhooks_router)

@@ -25,6 +25,7 @@ from fluxedit.errors import FluxeditError, InvalidInput, NotFound
 from fluxedit.images.sniff import sniff_upload
 from fluxedit.jobs.errors import JobConflict
 from fluxedit.jobs.store import Job
+from fluxedit.metrics import api_face
 from fluxedit.runtime import Runtime, ServedModel
 from fluxedit.schema import (
     CURSOR_PATTERN,
@@ -203,6 +204,7 @@ def queue_job(
     if model is None:
         served = ", ".join(sorted(runtime.models))
         raise NotFound(f"Model {model_id!r} is not served here. Served models: {served}.", field="model_id")
+    request.app.state.quota.check_submit(key_id)
     _check_model_takes(model, body)
     edit_input = body.model_dump(mode="json", exclude_none=True)
     edit_input["image_urls"] = store_inline_images(
@@ -223,6 +225,7 @@ def queue_job(
         webhook_filter=webhook.events if webhook else None,
         base_url=str(request.base_url),
     )
+    runtime.metrics.job_submitted(model_id, api_face(request.url.path))
     if runtime.dispatcher is not None:
         runtime.dispatcher.notify(job)
     return job
@@ -303,6 +306,8 @@ def cancel(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId
         if exc.code != "already_finished":
             raise
         job, outcome = own_job(request, request_id, key_id), "not_cancellable"
+    if job.state == JobState.cancelled and outcome == "cancellation_requested":  # it was queued: it ends here
+        runtime.metrics.job_finished(job.model_id, job.state.value)
     return CancelResponse(**_status_fields(request, runtime, job), outcome=outcome)
 
 

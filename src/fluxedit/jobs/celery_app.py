@@ -3,9 +3,10 @@
 The API enqueues a `fluxedit.run_job` task per job on its model's queue; a
 `fluxedit worker` process loads its engines once, consumes only its models'
 queues one job at a time, and runs the same worker step as the embedded mode.
-The job row stays the state of record: a message only says "look at job X".
-A duplicate or stale message is harmless because claiming a job is a
-conditional update, and a job whose worker died is found by its expired lease
+The job row stays the state of record: a message is only a wake-up for its
+model's queue, and the job table decides which job runs (JobStore.claim_next,
+the fair order). A duplicate or stale message is harmless because claiming a
+job is a conditional update, and a job whose worker died is found by its expired lease
 and sent again (see `recover_and_requeue`).
 
 Flower and the celery CLI find the app through this module's `app` attribute,
@@ -32,7 +33,7 @@ from fluxedit.errors import InvalidInput
 from fluxedit.jobs.periodic import Periodic
 from fluxedit.jobs.state import JobState
 from fluxedit.jobs.store import Job, JobStore
-from fluxedit.jobs.worker import WorkerContext, run_job
+from fluxedit.jobs.worker import WorkerContext, execute
 
 log = logging.getLogger("fluxedit.cluster")
 
@@ -86,21 +87,29 @@ def create_celery(settings: Settings, process: WorkerProcess | None = None) -> C
 
 
 def run_claimed_message(job_id: str, process: WorkerProcess) -> None:
-    """Run job `job_id` if it is this worker's to run; a stale or foreign message is dropped."""
+    """A message is a wake-up for its model's queue: run the next job of that model in the fair
+    order (JobStore.claim_next), which may be another key's job than the message's own.
+
+    Each queued job has a message, so every job gets a worker; a message that finds its
+    model's queue empty (its job was cancelled, or ran on an earlier message) does nothing.
+    """
     job = process.context.store.get(job_id)
     if job is None:
         log.warning("message for unknown job %s dropped", job_id)
         return
-    engine = process.engines.get(job.model_id)
-    if engine is None:
+    if job.model_id not in process.engines:
         log.error("job %s is for %s, which this worker does not serve; dropped", job_id, job.model_id)
         return
-    if job.state is not JobState.in_queue:
-        log.info("job %s is %s; duplicate message dropped", job_id, job.state.value)
+    settings = process.context.settings
+    claimed = process.context.store.claim_next(
+        [job.model_id], process.worker_id, settings.lease_s, default_max_running=settings.key_max_running
+    )
+    if claimed is None:
+        log.info("message for job %s: no job of %s is waiting; nothing to run", job_id, job.model_id)
         return
-    state = run_job(job_id, engine, process.context, worker_id=process.worker_id)
+    state = execute(claimed, process.engines[claimed.model_id], process.context, worker_id=process.worker_id)
     # One line per job run; operators (and the cluster tests) read these.
-    log.info("job %s: %s", job_id, state.value if state else "not finished by this worker")
+    log.info("job %s: %s", claimed.id, state.value if state else "not finished by this worker")
 
 
 def recover_and_requeue(store: JobStore, send: Callable[[Job], None], settings: Settings) -> list[str]:
@@ -194,6 +203,10 @@ def run_worker(settings: Settings, model_specs: list[str]) -> int:
     engines = runtime.engines
     for engine in {id(e): e for e in engines.values()}.values():
         engine.load()
+    if settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.metrics_bind, registry=runtime.metrics.registry)
     process = WorkerProcess(runtime.worker_context(), engines)
     app = create_celery(settings, process)
     queues = sorted({queue_name(model_id) for model_id in engines})

@@ -129,6 +129,18 @@ webhook_attempts_table = sa.Table(
     sa.Column("next_attempt_at", UTCDateTime),
 )
 
+# Per-key limits in their own table: create_all adds a missing table to an existing SQLite file
+# (it never adds columns). NULL: the Settings default.
+key_limits_table = sa.Table(
+    "key_limits",
+    metadata,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("max_queued", sa.Integer),
+    sa.Column("max_running", sa.Integer),
+    sa.Column("requests_per_minute", sa.Integer),
+    sa.Column("priority", sa.Integer),
+)
+
 
 def open_database(database_url: str) -> Engine:
     """A SQLAlchemy engine for `database_url`, set up for several threads and processes.

@@ -122,12 +122,15 @@ class LocalDispatcher:
 
     def _work(self, slot: WorkerSlot) -> None:
         self._load(slot)
-        lease_s = self.context.settings.lease_s
+        settings = self.context.settings
+        lease_s = settings.lease_s
         while not self._stopping.is_set():
             # Clear before claiming: a notify() from here on makes the wait below return at once.
             slot.wake.clear()
             try:
-                job = self.context.store.claim_next(slot.model_ids, slot.worker_id, lease_s)
+                job = self.context.store.claim_next(
+                    slot.model_ids, slot.worker_id, lease_s, default_max_running=settings.key_max_running
+                )
                 if job is not None:
                     log.info("job %s (%s): started, attempt %d", job.id, job.model_id, job.attempts)
                     engine = self.engines[job.model_id]

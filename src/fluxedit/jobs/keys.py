@@ -17,8 +17,9 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from fluxedit.errors import InvalidInput
-from fluxedit.jobs.db import Database, api_keys_table, utc_now
+from fluxedit.errors import InvalidInput, NotFound
+from fluxedit.jobs.db import Database, api_keys_table, key_limits_table, utc_now
+from fluxedit.jobs.key_limits import KeyLimits, checked_limits
 
 SECRET_PREFIX = "fe_"
 WEBHOOK_SECRET_PREFIX = "whsec_"
@@ -32,6 +33,7 @@ class ApiKey:
     prefix: str  # the secret's first characters, to recognise it; not enough to use it
     created_at: datetime
     revoked_at: datetime | None = None
+    limits: KeyLimits = KeyLimits()  # as set on the key (None: the Settings default)
 
     @property
     def active(self) -> bool:
@@ -48,6 +50,7 @@ def _sha256(secret: str) -> str:
 
 
 _K = api_keys_table.c
+_L = key_limits_table.c
 
 
 class KeyStore(Database):
@@ -102,11 +105,55 @@ class KeyStore(Database):
         return row.id
 
     def list_keys(self) -> list[ApiKey]:
+        limits = self.all_limits()
         with self._read() as conn:
             rows = conn.execute(
                 sa.select(_K.id, _K.name, _K.prefix, _K.created_at, _K.revoked_at).order_by(_K.created_at)
             ).all()
-        return [ApiKey(**r._mapping) for r in rows]
+        return [ApiKey(**r._mapping, limits=limits.get(r.id, KeyLimits())) for r in rows]
+
+    def all_limits(self) -> dict[str, KeyLimits]:
+        """Key id -> the limits set on it (keys without any are absent)."""
+        with self._read() as conn:
+            rows = conn.execute(sa.select(key_limits_table)).all()
+        return {r.key_id: KeyLimits(**{k: v for k, v in r._mapping.items() if k != "key_id"}) for r in rows}
+
+    def limits_of(self, key_id: str) -> KeyLimits:
+        """The limits set on a key (all None when none were set)."""
+        with self._read() as conn:
+            row = conn.execute(sa.select(key_limits_table).where(_L.key_id == key_id)).one_or_none()
+        return KeyLimits() if row is None else KeyLimits(**{k: v for k, v in row._mapping.items() if k != "key_id"})
+
+    def set_limits(self, key_id_or_prefix: str, **limits: int | None) -> str:
+        """Set the limits given (the others keep their values); returns the key id.
+
+        Raises NotFound for no such active key, InvalidInput for a bad limit or an ambiguous prefix.
+        """
+        given = {k: v for k, v in checked_limits(**limits).items() if v is not None}
+        key_id = self._one_active(key_id_or_prefix)
+        if not given:
+            return key_id
+        with self._write() as conn:
+            updated = conn.execute(sa.update(key_limits_table).where(_L.key_id == key_id).values(**given)).rowcount
+            if not updated:
+                conn.execute(sa.insert(key_limits_table).values(key_id=key_id, **given))
+        return key_id
+
+    def find_id(self, key_id_or_prefix: str) -> str:
+        """The id of the key (active or revoked) with this id or displayed prefix."""
+        return self._one_active(key_id_or_prefix, revoked_too=True)
+
+    def _one_active(self, key_id_or_prefix: str, *, revoked_too: bool = False) -> str:
+        match = sa.or_(_K.id == key_id_or_prefix, _K.prefix == key_id_or_prefix)
+        if not revoked_too:
+            match = sa.and_(match, _K.revoked_at.is_(None))
+        with self._read() as conn:
+            ids = conn.execute(sa.select(_K.id).where(match)).scalars().all()
+        if len(ids) > 1:
+            raise InvalidInput(f"{key_id_or_prefix!r} matches {len(ids)} keys; give the key id instead.")
+        if not ids:
+            raise NotFound(f"No active key {key_id_or_prefix!r}.")
+        return ids[0]
 
     def revoke(self, key_id_or_prefix: str) -> bool:
         """Revoke the key with this id or displayed prefix; False when no active key matches.

@@ -28,8 +28,9 @@ import sqlalchemy as sa
 
 from fluxedit.errors import InvalidInput, NotFound
 from fluxedit.jobs import outbox
-from fluxedit.jobs.db import Database, jobs_table, utc_now
+from fluxedit.jobs.db import Database, jobs_table, key_limits_table, utc_now
 from fluxedit.jobs.errors import IdempotencyConflict, JobConflict, LeaseLost, QueueFull
+from fluxedit.jobs.fairness import Queued, fair_order
 from fluxedit.jobs.state import JobState
 from fluxedit.storage.signing import without_signatures
 
@@ -114,6 +115,7 @@ def _decode_cursor(cursor: str) -> int:
 
 
 _J = jobs_table.c
+_L = key_limits_table.c
 _STATUS_COLUMNS = [column for column in jobs_table.c if column.name not in ("input", "outputs", "timings")]
 _CLAIM_RETRIES = 20
 # Every column but the input, which can be large (data: URIs) and is not needed after a state change.
@@ -286,15 +288,61 @@ class JobStore(Database):
         return jobs, next_cursor
 
     def queue_position(self, job: Job) -> int:
-        """How many in_queue jobs of the same model are ahead of `job` (0: next). Meant for in_queue jobs."""
-        query = sa.select(sa.func.count()).where(
-            _J.state == JobState.in_queue.value, _J.model_id == job.model_id, _J.seq < job.seq
-        )
+        """How many in_queue jobs of the same model start before `job` (0: next), in the fair
+        order of `fluxedit.jobs.fairness`. Meant for in_queue jobs."""
+        order = [queued.seq for queued in self.fair_queue([job.model_id])]
+        return order.index(job.seq) if job.seq in order else len(order)
+
+    def fair_queue(self, model_ids: Sequence[str], *, default_max_running: int | None = None) -> list[Queued]:
+        """The in_queue jobs of `model_ids` in the order they start (see fluxedit.jobs.fairness).
+
+        With `default_max_running` (or any key's own max_running), the jobs of keys that
+        have that many jobs in_progress already are left out: they wait for one to end.
+        """
+        ids = list(model_ids)
         with self._read() as conn:
-            return int(conn.execute(query).scalar_one())
+            queued = [
+                Queued(row.seq, row.key_id)
+                for row in conn.execute(
+                    sa.select(_J.seq, _J.key_id).where(_J.state == JobState.in_queue.value, _J.model_id.in_(ids))
+                )
+            ]
+            keys = sorted({q.key_id for q in queued})
+            if not keys:
+                return []
+            last_started = dict(
+                conn.execute(
+                    sa.select(_J.key_id, sa.func.max(_J.started_at))
+                    .where(_J.key_id.in_(keys), _J.model_id.in_(ids), _J.started_at.is_not(None))
+                    .group_by(_J.key_id)
+                ).all()
+            )
+            limits = {r.key_id: r for r in conn.execute(sa.select(key_limits_table).where(_L.key_id.in_(keys)))}
+            running = dict(
+                conn.execute(
+                    sa.select(_J.key_id, sa.func.count())
+                    .where(_J.key_id.in_(keys), _J.state == JobState.in_progress.value)
+                    .group_by(_J.key_id)
+                ).all()
+            )
+        priority = {k: r.priority for k, r in limits.items() if r.priority is not None}
+        full = set()
+        for key in keys:
+            own = limits[key].max_running if key in limits else None
+            cap = own if own is not None else default_max_running
+            if cap is not None and running.get(key, 0) >= cap:
+                full.add(key)
+        last = {k: v for k, v in last_started.items() if v is not None}
+        return fair_order([q for q in queued if q.key_id not in full], last, priority)
 
     def queued_count(self, model_id: str) -> int:
         query = sa.select(sa.func.count()).where(_J.state == JobState.in_queue.value, _J.model_id == model_id)
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def queued_count_for_key(self, key_id: str) -> int:
+        """This key's in_queue jobs, all models together (its max_queued limit)."""
+        query = sa.select(sa.func.count()).where(_J.state == JobState.in_queue.value, _J.key_id == key_id)
         with self._read() as conn:
             return int(conn.execute(query).scalar_one())
 
@@ -329,33 +377,23 @@ class JobStore(Database):
                 events.add(row)
         return Job.from_row(row) if row else None
 
-    def claim_next(self, model_ids: Sequence[str], worker_id: str, lease_s: float) -> Job | None:
-        """Move the oldest in_queue job of `model_ids` to in_progress for this worker; None if there is none."""
+    def claim_next(
+        self, model_ids: Sequence[str], worker_id: str, lease_s: float, *, default_max_running: int | None = None
+    ) -> Job | None:
+        """Move the next in_queue job of `model_ids` in the fair order (fluxedit.jobs.fairness) to
+        in_progress for this worker; None if there is none (or every key waiting is at its max_running)."""
         if not model_ids:
             return None
-        candidates = (
-            sa.select(_J.seq)
-            .where(_J.state == JobState.in_queue.value, _J.model_id.in_(list(model_ids)))
-            .order_by(_J.seq)
-            .limit(1)
-            # PostgreSQL: claimers skip rows another claimer holds; SQLite ignores this
-            # (its writers are serialised by BEGIN IMMEDIATE).
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
         for _ in range(_CLAIM_RETRIES):
-            job = self._claim(_J.seq == candidates, worker_id, lease_s)
-            if job is not None:
-                return job
-            if not self._any_queued(model_ids):
+            order = self.fair_queue(model_ids, default_max_running=default_max_running)
+            if not order:
                 return None
-            # Lost a race for the head of the queue (PostgreSQL): try the next one.
+            # The conditional UPDATE decides: a job another claimer took meanwhile is skipped.
+            for candidate in order[:_CLAIM_RETRIES]:
+                job = self._claim(_J.seq == candidate.seq, worker_id, lease_s)
+                if job is not None:
+                    return job
         return None
-
-    def _any_queued(self, model_ids: Sequence[str]) -> bool:
-        query = sa.select(_J.seq).where(_J.state == JobState.in_queue.value, _J.model_id.in_(list(model_ids))).limit(1)
-        with self._read() as conn:
-            return conn.execute(query).first() is not None
 
     def claim(self, job_id: str, worker_id: str, lease_s: float) -> Job | None:
         """Move this in_queue job to in_progress for this worker; None if it is not in_queue."""

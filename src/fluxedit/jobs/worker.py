@@ -29,6 +29,7 @@ from fluxedit.images.formats import IMAGE_TYPES
 from fluxedit.jobs.errors import LeaseLost
 from fluxedit.jobs.state import JobState
 from fluxedit.jobs.store import Job, JobStore
+from fluxedit.metrics import Metrics
 from fluxedit.pipeline import EditOutcome, run_edit
 from fluxedit.schema import EditInput, invalid_input
 from fluxedit.storage.base import Storage
@@ -49,6 +50,7 @@ class WorkerContext:
     storage: Storage
     settings: Settings
     resolve_local: ResolveLocal | None = None  # reads URLs this service issued straight from storage
+    metrics: Metrics | None = None
 
     def read_references(self, urls: list[str]) -> list[bytes]:
         return fetch_references(urls, self.settings, resolve_local=self.resolve_local)
@@ -79,10 +81,31 @@ def execute(
             finished = _run(job, engine, context, lease)
         except Exception as exc:
             lease.end()
-            return _ended_early(job, lease, context.store, worker_id, exc)
+            state = _ended_early(job, lease, context.store, worker_id, exc)
+            _count_finished(context, job, state, _error_code(exc))
+            return state
         # No heartbeat may race the final write: it would find the job finished and warn of a lost lease.
         lease.end()
-        return None if finished is None else _completed(job, finished, context, worker_id)
+        if finished is None:
+            return None
+        state = _completed(job, finished, context, worker_id)
+        _count_finished(context, job, state, None)
+        if state is not None and context.metrics is not None:
+            context.metrics.job_phases(job.model_id, finished.phases(job))
+            context.metrics.denoise_steps(job.model_id, finished.outcome.inference_s, lease.total_steps)
+        return state
+
+
+def _error_code(exc: Exception) -> str | None:
+    if isinstance(exc, EditCancelled):
+        return None
+    return exc.code if isinstance(exc, FluxeditError) else "internal_error"
+
+
+def _count_finished(context: WorkerContext, job: Job, state: JobState | None, error_code: str | None) -> None:
+    # None: back in the queue or someone else's now; that job is counted where it ends.
+    if state is not None and context.metrics is not None:
+        context.metrics.job_finished(job.model_id, state.value, error_code if state == JobState.failed else None)
 
 
 def _ended_early(job: Job, lease: _Lease, store: JobStore, worker_id: str, exc: Exception) -> JobState | None:
@@ -108,15 +131,43 @@ class _Finished:
     outcome: EditOutcome
     keys: list[str]
     started: float
+    fetch_s: float  # reading the references (download, upload or data: URI)
+    store_s: float  # encoding and storing the outputs
+
+    def phases(self, job: Job) -> dict[str, float | None]:
+        """Seconds per phase, as the metrics' histograms take them."""
+        queue_s = (job.started_at - job.created_at).total_seconds() if job.started_at else None
+        return {
+            "queue_wait": queue_s,
+            "input_fetch": self.fetch_s,
+            "inference": self.outcome.inference_s,
+            "encode_store": self.store_s,
+            "total": (queue_s or 0.0) + time.monotonic() - self.started,
+        }
+
+
+class _TimedReader:
+    """context.read_references, remembering how long it took."""
+
+    def __init__(self, read: Callable[[list[str]], list[bytes]]) -> None:
+        self._read, self.seconds = read, 0.0
+
+    def __call__(self, urls: list[str]) -> list[bytes]:
+        started = time.monotonic()
+        try:
+            return self._read(urls)
+        finally:
+            self.seconds += time.monotonic() - started
 
 
 def _run(job: Job, engine: Engine, context: WorkerContext, lease: _Lease) -> _Finished | None:
     started = time.monotonic()
     params = _validated(job)
+    reader = _TimedReader(context.read_references)
     outcome = run_edit(
         params,
         engine,
-        context.read_references,
+        reader,
         settings=context.settings,
         progress=lease.progress,
         checkpoint=lease.enter,
@@ -124,7 +175,9 @@ def _run(job: Job, engine: Engine, context: WorkerContext, lease: _Lease) -> _Fi
     if lease.lost:
         return None
     lease.enter_quietly("encoding")
-    return _Finished(params, outcome, _store_outputs(job.id, params.output_format, outcome, context.storage), started)
+    store_started = time.monotonic()
+    keys = _store_outputs(job.id, params.output_format, outcome, context.storage)
+    return _Finished(params, outcome, keys, started, reader.seconds, time.monotonic() - store_started)
 
 
 def _store_outputs(job_id: str, output_format: str, outcome: EditOutcome, storage: Storage) -> list[str]:
@@ -139,12 +192,11 @@ def _store_outputs(job_id: str, output_format: str, outcome: EditOutcome, storag
 
 def _completed(job: Job, finished: _Finished, context: WorkerContext, worker_id: str) -> JobState | None:
     outcome = finished.outcome
-    queue_s = (job.started_at - job.created_at).total_seconds() if job.started_at else None
-    run_s = time.monotonic() - finished.started
+    phases = finished.phases(job)
     timings = {
-        "queue_s": round(queue_s, 3) if queue_s is not None else None,
+        "queue_s": round(phases["queue_wait"], 3) if phases["queue_wait"] is not None else None,
         "inference_s": round(outcome.inference_s, 3),
-        "total_s": round((queue_s or 0.0) + run_s, 3),
+        "total_s": round(phases["total"], 3),
     }
     out_w, out_h = outcome.images[0].size if outcome.images else (outcome.width, outcome.height)
     if context.store.complete(job.id, worker_id, finished.keys, finished.params.seed, out_w, out_h, timings):
@@ -200,6 +252,7 @@ class _Lease:
         self._last_write = 0.0
         self.cancel_requested = False
         self.lost = False
+        self.total_steps = 0  # as the engine's progress callback last told it
 
     def __enter__(self) -> _Lease:
         self._thread.start()
@@ -233,6 +286,7 @@ class _Lease:
         self._beat(phase=phase)
 
     def progress(self, step: int, total: int) -> bool:
+        self.total_steps = total
         now = time.monotonic()
         if step >= total or now - self._last_write >= PROGRESS_WRITE_INTERVAL_S:
             self._last_write = now
