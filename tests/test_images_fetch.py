@@ -20,7 +20,7 @@ import pytest
 from _fixtures_images import ImageServer
 from fluxedit.config import Settings
 from fluxedit.errors import ImageInputError
-from fluxedit.images.fetch import check_address, fetch_references
+from fluxedit.images.fetch import Fetcher, check_address, fetch_references
 
 ip = ipaddress.ip_address
 
@@ -364,3 +364,30 @@ def test_safe_from_worker_threads_and_from_a_running_loop(image_server, settings
         return fetch_references(urls, settings)
 
     assert asyncio.run(from_async_code()) == [cat] * 3
+
+
+def test_a_fetcher_opens_no_client_for_data_uris_and_issued_urls(settings, connections):
+    issued = "https://fluxedit.example/files/uploads/k/1.png?expires=1&sig=x"
+    fetcher = Fetcher(settings, resolve_local=lambda url: b"stored bytes" if url == issued else None)
+    assert fetcher.fetch(["data:,hello", issued]) == [b"hello", b"stored bytes"]
+    assert (fetcher.clients_opened, fetcher.tls_contexts_made) == (0, 0)
+    assert connections == [] and connections.lookups == []
+
+
+def test_a_fetcher_makes_its_tls_context_once_for_all_its_fetches(image_server, settings):
+    cat = image_server.add_image("/cat.png")
+    fetcher = Fetcher(settings)
+    for _ in range(3):
+        assert fetcher.fetch([image_server.url("/cat.png"), "data:,x"]) == [cat, b"x"]
+    assert (fetcher.clients_opened, fetcher.tls_contexts_made) == (3, 1)
+
+
+def test_a_failing_data_uri_before_a_url_wins_without_fetching_the_url(image_server, settings):
+    cat = image_server.add_image("/cat.png")
+    err = refused(["data:text/html,<p>", image_server.url("/cat.png")], settings, "input_not_image")
+    assert err.index == 0
+    assert image_server.requests_for("/cat.png") == 0
+    # A failing URL before a failing data: URI is the one reported.
+    err = refused([image_server.url("/missing.png"), "data:text/html,<p>"], settings, "input_unreachable")
+    assert err.index == 0
+    assert fetch_references(["data:,x", image_server.url("/cat.png")], settings) == [b"x", cat]

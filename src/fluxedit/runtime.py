@@ -20,6 +20,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Literal
 
 from fluxedit.config import Settings
@@ -100,7 +101,9 @@ class Runtime:
         """The bytes of a URL this service issued (uploads), read from storage; None for any other URL."""
         return resolve_issued_url(url, self.storage, self.signer)
 
+    @cached_property
     def worker_context(self) -> WorkerContext:
+        """The one WorkerContext (and so the one reference Fetcher) of this process."""
         return WorkerContext(self.store, self.storage, self.settings, self.resolve_local, self.metrics)
 
     @property
@@ -181,5 +184,5 @@ def _dispatcher(runtime: Runtime, *, local_workers: bool, dispatch: Dispatch) ->
 
         return CeleryDispatcher(runtime.store, list(runtime.models), runtime.settings)
     if local_workers:
-        return LocalDispatcher(runtime.worker_context(), runtime.engines)
+        return LocalDispatcher(runtime.worker_context, runtime.engines)
     return None

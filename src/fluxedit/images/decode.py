@@ -33,6 +33,10 @@ MIN_SIDE = 64
 MAX_ASPECT = 8.0
 MULTIPLE = 16  # one latent token covers 16x16 pixels
 JPEG_QUALITY = 95
+# zlib level for output PNGs. Measured on 4 MP photo-like pictures on the project's 2-core machine:
+# level 3 takes a third of the default level 6's time (1.2 s against 3.5 to 4 s) for 0 to 9% more bytes;
+# level 1 saves another 0.4 s for up to 18% more.
+PNG_COMPRESS_LEVEL = 3
 
 _SRGB = ImageCms.createProfile("sRGB")
 
@@ -103,7 +107,7 @@ def encode_image(image: Image.Image, fmt: str) -> bytes:
             image = _rgb(image)
         image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     elif fmt == "png":
-        image.save(buffer, format="PNG")
+        image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     else:
         raise ValueError(f'output format must be "jpeg" or "png", not {fmt!r}')
     return buffer.getvalue()

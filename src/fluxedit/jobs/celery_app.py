@@ -207,7 +207,7 @@ def run_worker(settings: Settings, model_specs: list[str]) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(settings.metrics_port, addr=settings.metrics_bind, registry=runtime.metrics.registry)
-    process = WorkerProcess(runtime.worker_context(), engines)
+    process = WorkerProcess(runtime.worker_context, engines)
     app = create_celery(settings, process)
     queues = sorted({queue_name(model_id) for model_id in engines})
 

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
@@ -24,7 +24,7 @@ from fluxedit.config import Settings
 from fluxedit.engines.base import Engine
 from fluxedit.errors import EditCancelled, FluxeditError, InvalidInput
 from fluxedit.images.decode import encode_image
-from fluxedit.images.fetch import fetch_references
+from fluxedit.images.fetch import Fetcher
 from fluxedit.images.formats import IMAGE_TYPES
 from fluxedit.jobs.errors import LeaseLost
 from fluxedit.jobs.state import JobState
@@ -51,9 +51,14 @@ class WorkerContext:
     settings: Settings
     resolve_local: ResolveLocal | None = None  # reads URLs this service issued straight from storage
     metrics: Metrics | None = None
+    # One per process, so that jobs share its TLS context: data: and issued URLs never need one.
+    fetcher: Fetcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fetcher", Fetcher(self.settings, resolve_local=self.resolve_local))
 
     def read_references(self, urls: list[str]) -> list[bytes]:
-        return fetch_references(urls, self.settings, resolve_local=self.resolve_local)
+        return self.fetcher.fetch(urls)
 
 
 def run_job(job_id: str, engine: Engine, context: WorkerContext, *, worker_id: str) -> JobState | None:
