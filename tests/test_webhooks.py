@@ -9,9 +9,11 @@ import re
 import time
 from datetime import datetime, timedelta
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from _fixtures_server import LiveServer, run_cli
 from _fixtures_webhooks import Hook, WebhookReceiver
@@ -170,10 +172,25 @@ def test_a_cancelled_request_reports_its_end(server, webhook_receiver):
 # --- retries --------------------------------------------------------------------------------
 
 
+def delivery_counts(server: LiveServer) -> dict[str, float]:
+    """fluxedit_webhook_deliveries_total by result, from GET /metrics (this server's only webhooks at the time)."""
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    return {
+        sample.labels["result"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "fluxedit_webhook_deliveries_total"
+    }
+
+
 def test_a_receiver_failing_twice_gets_the_third_try_on_the_schedule(server, webhook_receiver):
     webhook_receiver.answer("/flaky", 500, 500)
+    before = delivery_counts(server)
     rid = submit(server, edit_body(webhook=webhook_receiver.url("/flaky")))
     log = wait_settled(server, rid)
+    after = delivery_counts(server)
+    assert after.get("retry", 0) - before.get("retry", 0) == 2, (before, after)
+    assert after.get("delivered", 0) - before.get("delivered", 0) == 1, (before, after)
 
     hooks = webhook_receiver.hooks("/flaky")
     assert [h.status for h in hooks] == [500, 500, 200]

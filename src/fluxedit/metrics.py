@@ -81,6 +81,10 @@ class Metrics:
         """result: delivered | retry | failed (the webhook sender calls this per attempt)."""
         self.webhook_deliveries.labels(result=result).inc()
 
+    def webhook_attempted(self, state: str) -> None:
+        """A webhook event's state after an attempt (jobs/outbox.py) -> its `result` label."""
+        self.webhook_delivered({"pending": "retry"}.get(state, state))
+
     def watch_queue(self, model_ids: Iterable[str], queued_count: Callable[[str], int]) -> None:
         """Queue depth by model, read from the job table at each scrape."""
         self.registry.register(_QueueDepth(list(model_ids), queued_count))

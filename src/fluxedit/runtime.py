@@ -169,7 +169,9 @@ def open_runtime(
         outbox=Outbox(store.engine),
     )
     runtime.dispatcher = _dispatcher(runtime, local_workers=local_workers, dispatch=dispatch)
-    runtime.deliverer = Deliverer(runtime.outbox, runtime.render_webhook, settings)
+    runtime.deliverer = Deliverer(
+        runtime.outbox, runtime.render_webhook, settings, on_attempt=runtime.metrics.webhook_attempted
+    )
     store.on_event(runtime.deliverer.wake)  # events this process writes go out at once, not at the next poll
     if runtime.engines:
         runtime.metrics.watch_engines(lambda: {m.id: m.loaded for m in runtime.models.values() if m.engine})

@@ -34,9 +34,16 @@ def claim_lease_s(timeout_s: float) -> float:
 
 class Deliverer:
     def __init__(
-        self, outbox: Outbox, render: Render, settings: Settings, *, resolver: Resolver = system_resolver
+        self,
+        outbox: Outbox,
+        render: Render,
+        settings: Settings,
+        *,
+        resolver: Resolver = system_resolver,
+        on_attempt: Callable[[str], None] | None = None,
     ) -> None:
         self._outbox, self._render, self._settings, self._resolver = outbox, render, settings, resolver
+        self._on_attempt = on_attempt  # the event's state after each attempt (metrics)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -92,6 +99,8 @@ class Deliverer:
     def _deliver(self, event: OutboxEvent) -> None:
         try:
             state = self._outbox.record(event, self._attempt(event), self._settings.webhook_retry_s)
+            if self._on_attempt is not None:
+                self._on_attempt(state)
             log.info(
                 "webhook %s (%s, request %s) attempt %d: %s", event.id, event.type, event.job_id, event.attempts, state
             )
