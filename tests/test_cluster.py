@@ -304,7 +304,11 @@ def test_queued_jobs_whose_message_was_lost_run_after_resend(cluster: Cluster) -
     try:
         # Queued in the table with no message, as after a Redis restart without persistence.
         job = store.submit("lost-message-key", BETA, edit_body(), max_queued=100)
-        assert resend_queued(Settings(**cluster.settings)) == 1
+        # The settings as fluxedit reads them from the environment (JSON for list values).
+        settings = Settings.model_validate(
+            {k: json.loads(v) if v.startswith("[") else v for k, v in cluster.settings.items()}
+        )
+        assert resend_queued(settings) == 1
         deadline = time.monotonic() + 300
         while (state := store.get(job.id).state.value) not in {"completed", "failed"} and time.monotonic() < deadline:
             time.sleep(0.1)
