@@ -132,7 +132,7 @@ def test_full_database_disk_is_a_507_and_recovers(start_server, small_disk):
             answer = http.post(f"/v1/models/{PRO}", json={**body, "prompt": "y" * 4000})
             if answer.status_code != 200:
                 break
-        assert answer.status_code == 507, answer.text
+        assert answer.status_code == 507, f"{answer.text}\n{server.log}"
         error = answer.json()["error"]
         assert error["code"] == "insufficient_storage"
         assert f"the data directory {disk.path / 'data'}" in error["message"]

@@ -244,6 +244,8 @@ def test_every_try_failing_ends_failed_after_the_schedule(server, webhook_receiv
             "start",
         ),
         ({}, {"webhook_events_filter": ["start"]}, "webhook_events_filter", "invalid_input", "needs a webhook"),
+        # Longer in the query than a request line carries (longer URLs go in the body)
+        ({"webhook": "https://example.com/" + "a" * 2040}, {}, "webhook", "invalid_input", "2048"),
         (
             {"webhook": "https://a.example/h"},
             {"webhook": "https://b.example/h"},

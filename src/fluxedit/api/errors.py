@@ -74,7 +74,7 @@ async def _database_handler(request: Request, exc: DBAPIError) -> JSONResponse:
     if not is_no_room(exc):
         return await _unexpected_handler(request, exc)
     log.error("the database has no room for a write on %s %s: %s", request.method, request.url.path, exc.orig)
-    error = no_room(database_location(request.app.state.services.settings))
+    error = no_room(database_location(request.app.state.runtime.settings))
     return error_response(error.status, error.code, error.message)
 
 

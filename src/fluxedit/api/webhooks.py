@@ -11,7 +11,6 @@ from pydantic import ValidationError
 from fluxedit.api.auth import require_key
 from fluxedit.api.deps import RuntimeDep
 from fluxedit.errors import InvalidInput, NotFound
-from fluxedit.image_url import MAX_URL_CHARS
 from fluxedit.jobs.outbox import DEFAULT_FILTER, Attempt, OutboxEvent
 from fluxedit.schema import (
     ErrorResponse,
@@ -28,6 +27,10 @@ router = APIRouter()
 KeyId = Annotated[str, Depends(require_key)]
 ERRORS = {code: {"model": ErrorResponse} for code in (401, 404)}
 EVENT_ORDER = ("start", "progress", "completed")
+# A URL in the query string must leave the request line within what the HTTP server reads
+# (uvicorn answers a plain-text 400 to a line of tens of KB, before the app sees it):
+# 2048 characters stay under that even percent-encoded at 12 bytes each. Longer: the body.
+MAX_QUERY_URL_CHARS = 2048
 
 # The submit body is the model's input (EditInput) plus these fields: documented on the route.
 WEBHOOK_BODY_DOC = {
@@ -48,7 +51,10 @@ async def requested_webhook(
     runtime: RuntimeDep,
     webhook: Annotated[
         str | None,
-        Query(max_length=MAX_URL_CHARS, description="Where to POST this request's events (or the body's `webhook`)."),
+        Query(
+            max_length=MAX_QUERY_URL_CHARS,
+            description="Where to POST this request's events (or the body's `webhook`, for a longer URL).",
+        ),
     ] = None,
 ) -> WebhookTarget | None:
     """The webhook a submit asks for, from `?webhook=` or the body; a 422 naming the field if it is not acceptable."""

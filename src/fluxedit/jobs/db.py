@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -161,7 +163,7 @@ def open_database(database_url: str) -> Engine:
         # Let SQLAlchemy's "begin" event, not the sqlite3 module, start transactions.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _use_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
@@ -171,6 +173,23 @@ def open_database(database_url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("fluxedit_write") else "BEGIN")
 
     return engine
+
+
+def _use_wal(cursor: Any) -> None:
+    """PRAGMA journal_mode=WAL, tried again while another connection holds the new file.
+
+    Switching a fresh file to WAL needs it alone, and SQLite answers "database is
+    locked" at once, without its busy timeout, to the connections that race for it
+    (several processes starting on a new data directory). Once set it stays set.
+    """
+    for attempt in range(100):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.05)
 
 
 _SCHEMA_LOCK_ID = 0x666C7578  # "flux"
