@@ -92,7 +92,8 @@ class WebhookReceiver:
         deadline = time.monotonic() + timeout_s
         while not done(hooks := self.hooks(path)):
             if time.monotonic() > deadline:
-                raise AssertionError(f"{path} got {[(h.status, h.json['type']) for h in hooks]} in {timeout_s} s")
+                seen = [(h.status, h.json.get("type") or h.json.get("status")) for h in hooks]
+                raise AssertionError(f"{path} got {seen} in {timeout_s} s")
             time.sleep(0.02)
         return hooks
 

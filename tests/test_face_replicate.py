@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import time
 
 import httpx
@@ -15,9 +14,7 @@ from replicate.helpers import FileOutput
 from replicate.webhook import InvalidSignatureError, Webhooks, WebhookSigningSecret
 
 from _fixtures_images import png_bytes
-from fluxedit.api.faces import replicate_webhook
 from fluxedit.api.faces.replicate_input import version_id
-from fluxedit.jobs.state import JobState
 
 PRO = "black-forest-labs/flux-2-pro"
 
@@ -146,36 +143,54 @@ def test_stream_url_serves_replicate_events(client, image_server) -> None:
     assert ("output", prediction.output) in events
 
 
-def test_webhook_rendering_verifies_with_the_clients_validate(client, image_server) -> None:
+def test_webhooks_arrive_as_filtered_and_verify_with_the_clients_validate(client, image_server, webhook_receiver):
     secret = client.webhooks.default.secret()
-    assert secret.key.startswith("whsec_")
-    assert client.webhooks.default.secret().key == secret.key  # stable per key
-    prediction = client.models.predictions.create(model=PRO, input=small_input(image_server), wait=60)
-    body, headers = replicate_webhook.render(prediction.dict(), secret.key, "msg_1", int(time.time()))
-    Webhooks.validate(headers=headers, body=body.decode(), secret=secret)  # raises when it does not verify
-    assert json.loads(body)["id"] == prediction.id and json.loads(body)["status"] == "succeeded"
+    assert secret.key.startswith("whsec_") and client.webhooks.default.secret().key == secret.key
+    prediction = client.models.predictions.create(
+        model=PRO,
+        input=small_input(image_server),
+        webhook=webhook_receiver.url("/replicate"),
+        webhook_events_filter=["start", "completed"],
+    )
+    hooks = webhook_receiver.wait_for("/replicate", lambda hooks: any(h.json["status"] == "succeeded" for h in hooks))
+    prediction.reload()
+
+    assert [h.json["status"] for h in hooks] == ["processing", "succeeded"]
+    assert hooks[-1].json["id"] == prediction.id and hooks[-1].json["output"] == prediction.output
+    for hook in hooks:
+        Webhooks.validate(headers=hook.headers, body=hook.body.decode(), secret=secret)  # raises if it does not verify
     forged = WebhookSigningSecret(key="whsec_" + "QUFBQUFBQUFBQUFBQUFBQQ==")
     with pytest.raises(InvalidSignatureError):
-        Webhooks.validate(headers=headers, body=body.decode(), secret=forged)
+        Webhooks.validate(headers=hooks[-1].headers, body=hooks[-1].body.decode(), secret=forged)
     with pytest.raises(InvalidSignatureError):
-        Webhooks.validate(headers=headers, body=body.decode().replace("succeeded", "failed"), secret=secret)
+        tampered = hooks[-1].body.decode().replace("succeeded", "failed")
+        Webhooks.validate(headers=hooks[-1].headers, body=tampered, secret=secret)
 
 
-def test_events_filter_decides_which_changes_are_sent() -> None:
-    only_done = replicate_webhook.events_filter(["completed"])
-    assert not replicate_webhook.wanted(JobState.in_progress, only_done)
-    assert replicate_webhook.wanted(JobState.failed, only_done)
-    assert replicate_webhook.wanted(JobState.in_progress, replicate_webhook.events_filter(None))
-    with pytest.raises(Exception, match="webhook_events_filter"):
-        replicate_webhook.events_filter(["finished"])
+def test_only_the_end_is_sent_when_only_completed_is_asked(client, image_server, webhook_receiver) -> None:
+    prediction = client.models.predictions.create(
+        model=PRO,
+        input=small_input(image_server),
+        webhook=webhook_receiver.url("/done"),
+        webhook_events_filter=["completed"],
+    )
+    prediction.wait()
+    [hook] = webhook_receiver.wait_for("/done", lambda hooks: len(hooks) >= 1)
+    time.sleep(0.5)  # room for any event sent that should not have been
+    assert len(webhook_receiver.hooks("/done")) == 1 and hook.json["status"] == "succeeded"
 
 
-def test_webhook_submit_says_it_is_not_delivered_yet(client, image_server) -> None:
+@pytest.mark.parametrize(
+    ("webhook", "events", "words"),
+    [
+        ("http://10.1.2.3/hook", None, "10.1.2.3"),
+        ("https://example.com/hook", ["finished"], "webhook_events_filter"),
+        (None, ["completed"], "needs a webhook"),
+    ],
+)
+def test_a_webhook_that_cannot_be_used_is_the_clients_error(client, image_server, webhook, events, words) -> None:
     with pytest.raises(ReplicateError) as raised:
         client.models.predictions.create(
-            model=PRO,
-            input=small_input(image_server),
-            webhook="http://127.0.0.1:9/hook",
-            webhook_events_filter=["completed"],
+            model=PRO, input=small_input(image_server), webhook=webhook, webhook_events_filter=events
         )
-    assert raised.value.status == 422 and "webhook" in raised.value.detail
+    assert raised.value.status == 422 and words in raised.value.detail

@@ -21,6 +21,7 @@ from fluxedit.config import Settings
 from fluxedit.jobs.db import metadata, open_database
 from fluxedit.jobs.keys import KeyStore
 from fluxedit.jobs.migrate import MIGRATIONS_DIR, current_revision, upgrade_database
+from fluxedit.jobs.outbox import Webhook
 from fluxedit.jobs.store import JobStore
 from fluxedit.runtime import open_runtime
 from fluxedit.webhooks.deliverer import Deliverer
@@ -297,7 +298,7 @@ def test_delivery_checks_the_address_it_connects_to(tmp_path, webhook_receiver, 
                 MODEL,
                 edit_body(),
                 max_queued=10,
-                webhook_url=f"http://{host}:{port}/pinned",
+                webhook=Webhook(f"http://{host}:{port}/pinned"),
                 base_url="http://127.0.0.1/",
             )
             runtime.store.claim(job.id, "w", 60)
@@ -415,7 +416,10 @@ def _assert_upgraded(url: str) -> None:
         assert secret.startswith("whsec_") and len(secret) > 40
         job = store.get("j1")
         assert job.input == {"prompt": "p"} and job.webhook_url is None
-        assert store.submit("k1", "m", {"prompt": "new"}, max_queued=5, webhook_url="https://h.example/").webhook_url
+        made = store.submit(
+            "k1", "m", {"prompt": "new"}, max_queued=5, webhook=Webhook("https://h.example/", format="bfl", secret="s")
+        )
+        assert (made.webhook_url, made.webhook_format, made.webhook_secret) == ("https://h.example/", "bfl", "s")
     finally:
         keys.dispose()
         store.dispose()

@@ -37,7 +37,7 @@ from fluxedit.storage import load_secret, open_storage, resolve_issued_url
 from fluxedit.storage.base import Storage
 from fluxedit.storage.signing import UrlSigner
 from fluxedit.webhooks.deliverer import Deliverer
-from fluxedit.webhooks.formats import RenderContext, render
+from fluxedit.webhooks.formats import render
 from fluxedit.webhooks.sender import Delivery
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,7 @@ class Runtime:
 
     def render_webhook(self, event: OutboxEvent, now: datetime) -> Delivery:
         """One attempt's request for `event`, rendered and signed in its format."""
-        context = RenderContext(self.storage, self.settings.public_url, self.webhook_secret, self._job_input)
-        return render(event, context, now)
-
-    def _job_input(self, job_id: str) -> dict:
-        job = self.store.get(job_id)
-        return job.input if job is not None else {}
+        return render(event, self, now)
 
     def close(self) -> None:
         if self.deliverer is not None:

@@ -19,11 +19,12 @@ from fluxedit.api.events import stream_response, wait_seconds, wait_until_finish
 from fluxedit.api.faces.fal_apps import apps_of
 from fluxedit.api.inline import store_inline_images
 from fluxedit.api.lean_json import LeanJSONRoute
-from fluxedit.api.webhooks import WEBHOOK_BODY_DOC, RequestedWebhook, WebhookTarget
+from fluxedit.api.webhooks import WEBHOOK_BODY_DOC, RequestedWebhook
 from fluxedit.engines.capabilities import capabilities_of
 from fluxedit.errors import FluxeditError, InvalidInput, NotFound
 from fluxedit.images.sniff import sniff_upload
 from fluxedit.jobs.errors import JobConflict
+from fluxedit.jobs.outbox import Webhook
 from fluxedit.jobs.store import Job
 from fluxedit.metrics import api_face
 from fluxedit.runtime import Runtime, ServedModel
@@ -193,7 +194,7 @@ def queue_job(
     body: EditInput,
     key_id: str,
     idempotency_key: str | None,
-    webhook: WebhookTarget | None = None,
+    webhook: Webhook | None = None,
 ) -> Job:
     """Check the request against its model and queue it; the dispatcher hears of it at once.
 
@@ -221,8 +222,7 @@ def queue_job(
         edit_input,
         max_queued=runtime.settings.max_queued_per_model,
         idempotency_key=idempotency_key,
-        webhook_url=webhook.url if webhook else None,
-        webhook_filter=webhook.events if webhook else None,
+        webhook=webhook,
         base_url=str(request.base_url),
     )
     runtime.metrics.job_submitted(model_id, api_face(request.url.path))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -11,7 +10,7 @@ from pydantic import ValidationError
 from fluxedit.api.auth import require_key
 from fluxedit.api.deps import RuntimeDep
 from fluxedit.errors import InvalidInput, NotFound
-from fluxedit.jobs.outbox import DEFAULT_FILTER, Attempt, OutboxEvent
+from fluxedit.jobs.outbox import DEFAULT_FILTER, Attempt, OutboxEvent, Webhook
 from fluxedit.schema import (
     ErrorResponse,
     WebhookAttempt,
@@ -40,12 +39,6 @@ WEBHOOK_BODY_DOC = {
 }
 
 
-@dataclass(frozen=True)
-class WebhookTarget:
-    url: str
-    events: list[str]
-
-
 async def requested_webhook(
     request: Request,
     runtime: RuntimeDep,
@@ -56,7 +49,7 @@ async def requested_webhook(
             description="Where to POST this request's events (or the body's `webhook`, for a longer URL).",
         ),
     ] = None,
-) -> WebhookTarget | None:
+) -> Webhook | None:
     """The webhook a submit asks for, from `?webhook=` or the body; a 422 naming the field if it is not acceptable."""
     fields = _webhook_fields(await _json_body(request))
     if webhook and fields.webhook and webhook != fields.webhook:
@@ -70,7 +63,7 @@ async def requested_webhook(
         return None
     check_destination(url, runtime.settings.fetch_allow)
     asked = set(fields.webhook_events_filter or DEFAULT_FILTER)
-    return WebhookTarget(url, [name for name in EVENT_ORDER if name in asked])
+    return Webhook(url, tuple(name for name in EVENT_ORDER if name in asked))
 
 
 async def _json_body(request: Request) -> Any:
@@ -87,7 +80,7 @@ def _webhook_fields(body: Any) -> WebhookRequest:
         raise invalid_input(exc.errors()) from None
 
 
-RequestedWebhook = Annotated[WebhookTarget | None, Depends(requested_webhook)]
+RequestedWebhook = Annotated[Webhook | None, Depends(requested_webhook)]
 
 
 @router.get("/v1/webhooks/secret", response_model=WebhookSecret, tags=["webhooks"], responses=ERRORS)

@@ -73,6 +73,8 @@ jobs_table = sa.Table(
     # Where to send this job's webhooks: not model inputs, so not in `input`.
     sa.Column("webhook_url", sa.Text),
     sa.Column("webhook_filter", sa.JSON),
+    sa.Column("webhook_format", sa.String(16)),  # whose body and signature: native (NULL), replicate, bfl
+    sa.Column("webhook_secret", sa.Text),  # a secret the request brought (BFL's webhook_secret); NULL: the key's
     sa.Column("base_url", sa.Text),  # the base URL it was submitted under, for absolute URLs in webhooks
     # NULLs are distinct in a unique constraint on both backends: jobs without a key never clash.
     sa.UniqueConstraint("key_id", "idempotency_key", name="uq_jobs_key_idempotency"),

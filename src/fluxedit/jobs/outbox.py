@@ -54,6 +54,22 @@ FILTER_OF_EVENT = {
 DEFAULT_FILTER = ("completed",)
 NATIVE_FORMAT = "native"
 
+
+@dataclass(frozen=True)
+class Webhook:
+    """What a request asked for: where its events go, which of them, in which face's form.
+
+    `events` are filter names (start, progress, completed); `format` picks the body and
+    signature (fluxedit.webhooks.formats); `secret` is one the request brought itself
+    (BFL's `webhook_secret`), else the API key's signs.
+    """
+
+    url: str
+    events: tuple[str, ...] = DEFAULT_FILTER
+    format: str = NATIVE_FORMAT
+    secret: str | None = None
+
+
 EventState = Literal["pending", "delivered", "failed", "gone", "refused", "dropped"]
 PENDING = "pending"
 
@@ -90,7 +106,7 @@ def write_event(
             job_id=job["id"],
             key_id=job["key_id"],
             url=url,
-            format=NATIVE_FORMAT,
+            format=job.get("webhook_format") or NATIVE_FORMAT,
             type=event_type,
             snapshot=dict(job),
             created_at=now,

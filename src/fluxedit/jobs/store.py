@@ -64,6 +64,8 @@ class Job:
     idempotency_key: str | None = None
     webhook_url: str | None = None
     webhook_filter: list[str] | None = None
+    webhook_format: str | None = None
+    webhook_secret: str | None = None
     base_url: str | None = None
 
     @classmethod
@@ -180,14 +182,13 @@ class JobStore(Database):
         *,
         max_queued: int,
         idempotency_key: str | None = None,
-        webhook_url: str | None = None,
-        webhook_filter: list[str] | None = None,
+        webhook: outbox.Webhook | None = None,
         base_url: str | None = None,
     ) -> Job:
         """Queue a job, or return the job this key already submitted with `idempotency_key`.
 
-        `webhook_url` and `webhook_filter` say where to send which events
-        (fluxedit.jobs.outbox); `base_url` is the base of absolute URLs in them.
+        `webhook` says where to send which events, in which form (fluxedit.jobs.outbox);
+        `base_url` is the base of absolute URLs in them.
 
         Raises QueueFull when `model_id` already has `max_queued` jobs in_queue (a soft
         limit: simultaneous submits may overshoot it by a few), and IdempotencyConflict
@@ -214,8 +215,10 @@ class JobStore(Database):
             attempts=0,
             cancel_requested=False,
             idempotency_key=idempotency_key,
-            webhook_url=webhook_url,
-            webhook_filter=webhook_filter,
+            webhook_url=webhook.url if webhook else None,
+            webhook_filter=list(webhook.events) if webhook else None,
+            webhook_format=webhook.format if webhook else None,
+            webhook_secret=webhook.secret if webhook else None,
             base_url=base_url,
         )
         try:

@@ -1,55 +1,40 @@
-"""Webhook formats: how an outbox event becomes a signed request body, by the event's `format`.
+"""Webhook formats: how an outbox event becomes a signed request, by the format its job asked for.
 
 "native" is the Standard Webhooks form: {"type", "timestamp", "data"}, `data`
 exactly the GET .../result body at the event's moment, rendered from its snapshot,
 and the webhook-id, webhook-timestamp and webhook-signature headers made with the
-`standardwebhooks` package and the API key's secret. The compatibility faces add
-their own shapes here, keyed by the format they store on their events.
+`standardwebhooks` package and the API key's secret. The compatibility faces give
+their providers' shapes ("replicate", "bfl"), each a function of the same form.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from math import floor
+from typing import TYPE_CHECKING
 
 from standardwebhooks.webhooks import Webhook
 
 from fluxedit.api.render import result_response
 from fluxedit.jobs.outbox import NATIVE_FORMAT, OutboxEvent
 from fluxedit.jobs.store import Job
-from fluxedit.storage.base import Storage
 from fluxedit.webhooks.sender import Delivery
 
+if TYPE_CHECKING:
+    from fluxedit.runtime import Runtime
 
-@dataclass(frozen=True)
-class RenderContext:
-    """What rendering needs besides the event: storage for output URLs, secrets, the job's input."""
-
-    storage: Storage
-    public_url: str | None
-    secret_for: Callable[[str], str]  # API key id -> its whsec_ signing secret
-    input_for: Callable[[str], dict]  # job id -> its input (never in a snapshot: it does not change)
-
-    def job(self, event: OutboxEvent) -> Job:
-        return Job.from_snapshot(event.snapshot, self.input_for(event.job_id))
-
-    def base_url(self, job: Job) -> str:
-        return (self.public_url or job.base_url or "").rstrip("/")
+# (the event, its job as the event saw it, the base of absolute URLs, the runtime, now) -> the request
+Format = Callable[[OutboxEvent, Job, str, "Runtime", datetime], Delivery]
 
 
-Format = Callable[[OutboxEvent, RenderContext, datetime], Delivery]
-
-
-def native(event: OutboxEvent, context: RenderContext, now: datetime) -> Delivery:
-    job = context.job(event)
-    data = result_response(job, context.base_url(job), context.storage).model_dump(mode="json")
+def native(event: OutboxEvent, job: Job, base: str, runtime: Runtime, now: datetime) -> Delivery:
+    data = result_response(job, base, runtime.storage).model_dump(mode="json")
     body = json.dumps(
         {"type": event.type, "timestamp": event.created_at.isoformat(), "data": data}, separators=(",", ":")
     )
-    return Delivery(body.encode(), standard_headers(context.secret_for(event.key_id), event.id, now, body))
+    return Delivery(body.encode(), standard_headers(runtime.webhook_secret(event.key_id), event.id, now, body))
 
 
 def standard_headers(secret: str, message_id: str, now: datetime, body: str) -> dict[str, str]:
@@ -61,13 +46,20 @@ def standard_headers(secret: str, message_id: str, now: datetime, body: str) -> 
     }
 
 
-FORMATS: dict[str, Format] = {NATIVE_FORMAT: native}
+def formats() -> dict[str, Format]:
+    """Every format by name. (The faces' renderers import the runtime: imported here, when first asked for.)"""
+    from fluxedit.api.faces import bfl_webhook, replicate_webhook
+
+    return {NATIVE_FORMAT: native, "replicate": replicate_webhook.delivery, "bfl": bfl_webhook.delivery}
 
 
-def render(event: OutboxEvent, context: RenderContext, now: datetime) -> Delivery:
+def render(event: OutboxEvent, runtime: Runtime, now: datetime) -> Delivery:
     """The request for one attempt of `event`, in its format."""
     try:
-        make = FORMATS[event.format]
+        make = formats()[event.format]
     except KeyError:
         raise ValueError(f"webhook event {event.id} has the unknown format {event.format!r}") from None
-    return make(event, context, now)
+    stored = runtime.store.get(event.job_id)
+    job = Job.from_snapshot(event.snapshot, stored.input if stored is not None else {})
+    base = (runtime.settings.public_url or job.base_url or "").rstrip("/")
+    return make(event, job, base, runtime, now)

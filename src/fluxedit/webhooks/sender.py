@@ -29,8 +29,8 @@ class Delivery:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def check_destination(url: str, allow: list[str]) -> str:
-    """`url` if a webhook may be sent there as far as the URL alone tells; a 422 naming `webhook` if not."""
+def check_destination(url: str, allow: list[str], *, field: str = "webhook") -> str:
+    """`url` if a webhook may be sent there as far as the URL alone tells; a 422 naming `field` if not."""
     try:
         netpolicy.check_url(url, allow)
     except OutboundForbidden as exc:
@@ -39,9 +39,9 @@ def check_destination(url: str, allow: list[str]) -> str:
             if exc.address is not None
             else "webhooks are only sent to http and https URLs"
         )
-        raise FluxeditError(f"webhook: {exc.finding}; {rule}.", code=exc.code, status=422, field="webhook") from None
+        raise FluxeditError(f"{field}: {exc.finding}; {rule}.", code=exc.code, status=422, field=field) from None
     except InvalidInput as exc:
-        raise InvalidInput(f"webhook: {exc.message}", field="webhook") from None
+        raise InvalidInput(f"{field}: {exc.message}", field=field) from None
     return url
 
 

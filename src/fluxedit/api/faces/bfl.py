@@ -14,11 +14,11 @@ from starlette.concurrency import run_in_threadpool
 
 from fluxedit.api.auth import ANONYMOUS_KEY_ID, Unauthorized
 from fluxedit.api.deps import RuntimeDep
+from fluxedit.api.faces import bfl_webhook
 from fluxedit.api.faces.bfl_input import edit_input, served_id
 from fluxedit.api.faces.bfl_result import PREFIX, detail, not_found, polling_url, task_result
 from fluxedit.api.faces.errors import face_route
 from fluxedit.api.routes import base_url, queue_job
-from fluxedit.errors import InvalidInput
 
 
 def require_x_key(request: Request, runtime: RuntimeDep) -> str:
@@ -56,11 +56,6 @@ async def submit(
     """Queue an edit on the served model at this path; answers `{id, polling_url}`."""
     model_id = served_id(model, set(runtime.models))
     edit = edit_input(body)
-    if body.get("webhook_url") is not None:
-        # Delivery goes through the events outbox, which this server does not have yet.
-        raise InvalidInput(
-            "This server does not deliver webhooks yet; leave webhook_url out and poll polling_url.",
-            field="webhook_url",
-        )
-    job = await run_in_threadpool(queue_job, request, model_id, edit, key_id, None)
+    webhook = bfl_webhook.requested(body, allow=runtime.settings.fetch_allow)
+    job = await run_in_threadpool(queue_job, request, model_id, edit, key_id, None, webhook)
     return {"id": job.id, "polling_url": polling_url(request, job.id)}

@@ -30,7 +30,7 @@ from fluxedit.api.faces.replicate_input import (
     version_id,
 )
 from fluxedit.api.faces.replicate_prediction import PREFIX, prediction, problem
-from fluxedit.api.faces.replicate_webhook import events_filter, signing_secret
+from fluxedit.api.faces.replicate_webhook import requested
 from fluxedit.api.routes import base_url, queue_job
 from fluxedit.errors import InvalidInput, NotFound
 from fluxedit.jobs.errors import JobConflict
@@ -135,8 +135,8 @@ def list_models(request: Request, runtime: RuntimeDep, key_id: KeyId) -> dict:
 
 @router.get("/v1/webhooks/default/secret")
 def webhook_secret(runtime: RuntimeDep, key_id: KeyId) -> dict:
-    """The `whsec_...` secret this key's webhooks are signed with."""
-    return {"key": signing_secret(runtime.signer, key_id)}
+    """The `whsec_...` secret this key's webhooks are signed with (the native API's, one per key)."""
+    return {"key": runtime.webhook_secret(key_id)}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -146,13 +146,9 @@ async def _create(
     request: Request, runtime: Runtime, model_id: str, body: PredictionRequest, key_id: str, prefer: str | None
 ) -> JSONResponse:
     edit = edit_input(body.input)
-    if body.webhook is not None or body.webhook_events_filter is not None:
-        events_filter(body.webhook_events_filter)
-        # Delivery goes through the events outbox, which this server does not have yet.
-        raise InvalidInput(
-            "This server does not deliver webhooks yet; leave webhook out and poll the prediction.", field="webhook"
-        )
-    job = await run_in_threadpool(queue_job, request, model_id, edit, key_id, request.headers.get("idempotency-key"))
+    webhook = requested(body.webhook, body.webhook_events_filter, allow=runtime.settings.fetch_allow)
+    idempotency_key = request.headers.get("idempotency-key")
+    job = await run_in_threadpool(queue_job, request, model_id, edit, key_id, idempotency_key, webhook)
     seconds = wait_seconds(prefer)
     headers = {}
     if seconds is not None:

@@ -1,28 +1,31 @@
-"""Replicate's webhooks for a job: which events a filter lets through, the body, the signature.
+"""Replicate's webhooks: which events a filter asks for, and the delivery of one.
 
 Replicate posts the prediction object itself, for the events `start`, `output`,
 `logs` and `completed` that `webhook_events_filter` keeps (all of them when no
-filter is given), signed the Standard Webhooks way: headers `webhook-id`,
-`webhook-timestamp` and `webhook-signature: v1,<base64 HMAC-SHA256 of
-"id.timestamp.body">`, keyed by the base64 part of the account's `whsec_...` secret
-(`GET /v1/webhooks/default/secret`).
+filter is given), signed the Standard Webhooks way (`webhook-id`,
+`webhook-timestamp`, `webhook-signature`) with the account's `whsec_...` secret:
+here the API key's own, which `GET /replicate/v1/webhooks/default/secret` answers.
+Deliveries go through the events outbox like native ones, in this format.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
+from datetime import datetime
 
 from fluxedit.api.faces.replicate_prediction import prediction
 from fluxedit.errors import InvalidInput
-from fluxedit.jobs.state import JobState
+from fluxedit.jobs.outbox import OutboxEvent, Webhook
 from fluxedit.jobs.store import Job
 from fluxedit.runtime import Runtime
-from fluxedit.storage.signing import UrlSigner
+from fluxedit.webhooks.formats import standard_headers
+from fluxedit.webhooks.sender import Delivery, check_destination
 
+FORMAT = "replicate"
 EVENTS = ("start", "output", "logs", "completed")
+# Replicate's events as the outbox filters them: logs come with each step; an edit's
+# output comes with its end, so `output` asks for the end as `completed` does.
+OUTBOX_EVENT = {"start": "start", "logs": "progress", "output": "completed", "completed": "completed"}
 
 
 def events_filter(value: object) -> list[str]:
@@ -36,40 +39,19 @@ def events_filter(value: object) -> list[str]:
     return list(dict.fromkeys(value))
 
 
-def event_for(state: JobState) -> str | None:
-    """The Replicate event a job's move into `state` is: start when it runs, completed when it ends."""
-    if state == JobState.in_progress:
-        return "start"
-    return "completed" if state.finished else None
+def requested(url: str | None, filter_: list[str] | None, *, allow: list[str]) -> Webhook | None:
+    """The webhook a prediction create asks for; a 422 naming the field when it cannot be used."""
+    events = events_filter(filter_)
+    if url is None:
+        if filter_ is not None:
+            raise InvalidInput("webhook_events_filter needs a webhook URL to send to.", field="webhook_events_filter")
+        return None
+    check_destination(url, allow)
+    asked = {OUTBOX_EVENT[name] for name in events}
+    return Webhook(url, tuple(name for name in ("start", "progress", "completed") if name in asked), FORMAT)
 
 
-def wanted(state: JobState, filter_: list[str]) -> bool:
-    event = event_for(state)
-    return event is not None and event in filter_
-
-
-def signing_secret(signer: UrlSigner, key_id: str) -> str:
-    """The `whsec_...` secret of one API key, derived from the server's secret (nothing stored)."""
-    material = hmac.new(signer.sign(f"replicate-webhook/{key_id}", 0).encode(), b"whsec", hashlib.sha256).digest()
-    return "whsec_" + base64.b64encode(material).decode("ascii")
-
-
-def render(prediction: dict, secret: str, message_id: str, timestamp: int) -> tuple[bytes, dict[str, str]]:
-    """(body, headers) of one delivery: the prediction as JSON, signed as Standard Webhooks sign it."""
-    body = json.dumps(prediction, separators=(",", ":")).encode()
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    signed = f"{message_id}.{timestamp}.".encode() + body
-    signature = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode("ascii")
-    headers = {
-        "content-type": "application/json",
-        "webhook-id": message_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": f"v1,{signature}",
-    }
-    return body, headers
-
-
-def delivery(runtime: Runtime, job: Job, base: str, message_id: str, timestamp: int) -> tuple[bytes, dict[str, str]]:
-    """(body, headers) of the webhook for `job` as it is now, signed with its key's secret."""
-    body = prediction(base, runtime, job)
-    return render(body, signing_secret(runtime.signer, job.key_id), message_id, timestamp)
+def delivery(event: OutboxEvent, job: Job, base: str, runtime: Runtime, now: datetime) -> Delivery:
+    """One attempt of `event`: the prediction as the event saw it, signed with its key's secret."""
+    body = json.dumps(prediction(base, runtime, job), separators=(",", ":"))
+    return Delivery(body.encode(), standard_headers(runtime.webhook_secret(job.key_id), event.id, now, body))

@@ -86,7 +86,13 @@ def upgrade() -> None:
     _add_columns(
         inspector,
         "jobs",
-        [sa.Column("webhook_url", sa.Text), sa.Column("webhook_filter", sa.JSON), sa.Column("base_url", sa.Text)],
+        [
+            sa.Column("webhook_url", sa.Text),
+            sa.Column("webhook_filter", sa.JSON),
+            sa.Column("webhook_format", sa.String(16)),
+            sa.Column("webhook_secret", sa.Text),
+            sa.Column("base_url", sa.Text),
+        ],
     )
     _add_columns(inspector, "api_keys", [sa.Column("webhook_secret", sa.String(64))])
     _create_outbox(inspector, ts)
@@ -98,5 +104,5 @@ def downgrade() -> None:
     op.drop_table("webhook_attempts")
     op.drop_table("webhook_outbox")
     op.drop_column("api_keys", "webhook_secret")
-    for column in ("base_url", "webhook_filter", "webhook_url"):
+    for column in ("base_url", "webhook_secret", "webhook_format", "webhook_filter", "webhook_url"):
         op.drop_column("jobs", column)
