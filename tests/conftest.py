@@ -7,4 +7,5 @@ pytest_plugins = [
     "_fixtures_bfl",
     "_fixtures_playground",
     "_fixtures_webhooks",
+    "_fixtures_tls",
 ]

@@ -14,6 +14,7 @@ from replicate.helpers import FileOutput
 from replicate.webhook import InvalidSignatureError, Webhooks, WebhookSigningSecret
 
 from _fixtures_images import png_bytes
+from _fixtures_server import LiveServer
 from fluxedit.api.faces.replicate_input import version_id
 
 PRO = "black-forest-labs/flux-2-pro"
@@ -49,6 +50,27 @@ def test_run_gives_output_the_client_reads(client, image_server) -> None:
     # FileOutput reads it as it reads Replicate's own outputs.
     assert isinstance(output, str) and output.startswith("http://127.0.0.1:")
     image = Image.open(io.BytesIO(FileOutput(output, client).read()))
+    assert (image.format, image.size) == ("PNG", (128, 96))
+
+
+def test_over_tls_run_gives_the_clients_file_output(tls, tmp_path_factory, image_server) -> None:
+    image_server.add("/replicate-ref.png", png_bytes((96, 64)), "image/png")
+    server = LiveServer(
+        tmp_path_factory.mktemp("replicate-tls"),
+        ("--model", "tiny", *tls.serve_args()),
+        {"fetch_allow": '["127.0.0.1"]'},
+        verify=tls.context(),
+    ).start()
+    try:
+        # The client builds its own transport: the test CA goes in through it.
+        trusting = httpx.HTTPTransport(verify=tls.context())
+        client = replicate.Client(api_token=server.api_key, base_url=f"{server.base_url}/replicate", transport=trusting)
+        output = client.run(PRO, input=small_input(image_server))
+        # Over https the client wraps the URL in its FileOutput, as it does Replicate's own outputs.
+        assert isinstance(output, FileOutput) and output.url.startswith(f"{server.base_url}/")
+        image = Image.open(io.BytesIO(output.read()))
+    finally:
+        server.stop()
     assert (image.format, image.size) == ("PNG", (128, 96))
 
 

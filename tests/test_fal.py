@@ -10,56 +10,29 @@ from __future__ import annotations
 import io
 import json
 import os
-import ssl
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
-import trustme
 from httpx_sse import connect_sse
 from PIL import Image
 
 from _fixtures_images import png_bytes
 from _fixtures_server import LiveServer
+from _fixtures_tls import Tls
 
 PRO_APP = "fal-ai/flux-2-pro/edit"
 KLEIN_APP = "fal-ai/flux-2/klein/4b/edit"
 
 
-@dataclass(frozen=True)
-class Tls:
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-
-    def context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.ca_file))
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory) -> Tls:
-    """A CA of the test's own and a certificate from it for 127.0.0.1."""
-    folder = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    files = Tls(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
-    ca.cert_pem.write_to_path(str(files.ca_file))
-    cert.private_key_and_cert_chain_pem.write_to_path(str(files.cert_file))
-    cert.private_key_pem.write_to_path(str(files.key_file))
-    return files
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tls, image_server):
     image_server.add("/fal-ref.png", png_bytes((96, 64)), "image/png")
-    tls_args = ("--ssl-certfile", str(tls.cert_file), "--ssl-keyfile", str(tls.key_file))
     server = LiveServer(
         tmp_path_factory.mktemp("fal-server"),
-        ("--model", "tiny", *tls_args),
+        ("--model", "tiny", *tls.serve_args()),
         {"fetch_allow": '["127.0.0.1"]'},
         verify=tls.context(),
     ).start()
