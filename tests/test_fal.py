@@ -7,15 +7,21 @@ subprocess because fal_client reads its hosts once, at import.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
 import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import httpx
 import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from httpx_sse import connect_sse
 from PIL import Image
 
@@ -209,16 +215,60 @@ def test_bad_input_is_reported_by_the_client_with_the_field(server, tls, argumen
     assert errors["unknown"][0] == 404 and PRO_APP in errors["unknown"][1], "lists the apps served"
 
 
-def test_fal_webhook_is_refused_until_webhooks_are_delivered(server, tls, arguments):
+def fal_signature_ok(hook, jwks: dict) -> bool:
+    """A receiver's check, as fal's guide writes it, with the keys of the JWKS."""
+    headers = hook.headers
+    if abs(time.time() - int(headers["x-fal-webhook-timestamp"])) > 300:
+        return False
+    message = "\n".join(
+        (
+            headers["x-fal-webhook-request-id"],
+            headers["x-fal-webhook-user-id"],
+            headers["x-fal-webhook-timestamp"],
+            hashlib.sha256(hook.body).hexdigest(),
+        )
+    ).encode()
+    for key in jwks["keys"]:
+        public = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(key["x"] + "=" * (-len(key["x"]) % 4)))
+        try:
+            public.verify(bytes.fromhex(headers["x-fal-webhook-signature"]), message)
+            return True
+        except InvalidSignature:
+            continue
+    return False
+
+
+def test_fal_webhook_posts_the_result_signed_as_fal_signs(server, tls, arguments, webhook_receiver):
+    script = f"""
+    handle = fal_client.submit({PRO_APP!r}, arguments={arguments!r}, webhook_url={webhook_receiver.url("/fal")!r})
+    print(json.dumps(handle.request_id))
+    """
+    request_id = findings(fal(server, tls, script))
+    [hook] = webhook_receiver.wait_for("/fal", lambda hooks: len(hooks) >= 1)
+    with server.client() as http:
+        jwks = http.get("/fal/.well-known/jwks.json").json()  # public: no key needed
+        output = http.get(
+            f"/fal/fal-ai/flux-2-pro/requests/{request_id}", headers={"Authorization": f"Key {server.api_key}"}
+        )
+
+    assert fal_signature_ok(hook, jwks)
+    tampered = dataclasses.replace(hook, body=hook.body.replace(b'"OK"', b'"ERROR"'))
+    assert not fal_signature_ok(tampered, jwks)
+    body = hook.json
+    assert (body["request_id"], body["gateway_request_id"], body["status"]) == (request_id, request_id, "OK")
+    assert body["payload"] == output.json()  # what the result URL answers
+
+
+def test_an_internal_fal_webhook_is_refused_naming_it(server, tls, arguments):
     script = f"""
     try:
-        fal_client.submit({PRO_APP!r}, arguments={arguments!r}, webhook_url="https://127.0.0.1:9/hook")
+        fal_client.submit({PRO_APP!r}, arguments={arguments!r}, webhook_url="http://10.1.2.3/hook")
         print(json.dumps(None))
     except fal_client.FalClientHTTPError as exc:
         print(json.dumps([exc.status_code, str(exc)]))
     """
     status, message = findings(fal(server, tls, script))
-    assert status == 422 and "fal_webhook" in message
+    assert status == 422 and "fal_webhook" in message and "10.1.2.3" in message
 
 
 def test_status_stream_sends_fal_statuses_until_completed(server, tls, arguments):

@@ -4,7 +4,7 @@
 exactly the GET .../result body at the event's moment, rendered from its snapshot,
 and the webhook-id, webhook-timestamp and webhook-signature headers made with the
 `standardwebhooks` package and the API key's secret. The compatibility faces give
-their providers' shapes ("replicate", "bfl"), each a function of the same form.
+their providers' shapes ("fal", "replicate", "bfl"), each a function of the same form.
 """
 
 from __future__ import annotations
@@ -48,9 +48,14 @@ def standard_headers(secret: str, message_id: str, now: datetime, body: str) -> 
 
 def formats() -> dict[str, Format]:
     """Every format by name. (The faces' renderers import the runtime: imported here, when first asked for.)"""
-    from fluxedit.api.faces import bfl_webhook, replicate_webhook
+    from fluxedit.api.faces import bfl_webhook, fal_webhook, replicate_webhook
 
-    return {NATIVE_FORMAT: native, "replicate": replicate_webhook.delivery, "bfl": bfl_webhook.delivery}
+    return {
+        NATIVE_FORMAT: native,
+        fal_webhook.FORMAT: fal_webhook.delivery,
+        replicate_webhook.FORMAT: replicate_webhook.delivery,
+        bfl_webhook.FORMAT: bfl_webhook.delivery,
+    }
 
 
 def render(event: OutboxEvent, runtime: Runtime, now: datetime) -> Delivery:

@@ -25,18 +25,17 @@ from starlette.concurrency import run_in_threadpool
 
 from fluxedit.api.deps import RuntimeDep
 from fluxedit.api.events import PING_S, changes, wait_until_finished
-from fluxedit.api.faces import fal_errors
+from fluxedit.api.faces import fal_errors, fal_webhook
 from fluxedit.api.faces.fal_apps import fal_apps
 from fluxedit.api.faces.fal_errors import FalRoute
-from fluxedit.api.faces.fal_render import fal_output, fal_status, queue_urls
+from fluxedit.api.faces.fal_render import fal_output, fal_status, output_images, queue_urls
 from fluxedit.api.faces.fal_schema import FalEditInput
 from fluxedit.api.routes import KeyId, base_url, own_job, queue_job
-from fluxedit.errors import InvalidInput, NotFound
+from fluxedit.errors import NotFound
 from fluxedit.jobs.errors import JobConflict
 from fluxedit.jobs.state import JobState
 from fluxedit.jobs.store import Job
 from fluxedit.runtime import Runtime
-from fluxedit.storage import guess_content_type
 
 router = APIRouter(prefix="/fal", route_class=FalRoute, tags=["fal"])
 Logs = Annotated[bool, Query(description="Include logs (one line per denoising step).")]
@@ -58,12 +57,10 @@ def model_for_app(runtime: Runtime, app_id: str) -> str:
     raise NotFound(f"No fal app {app_id!r} is served here. fal apps served: {served}.", field="app_id")
 
 
-def _queue(request: Request, app_id: str, body: FalEditInput, key_id: str, webhook: str | None) -> Job:
-    if webhook is not None:
-        raise InvalidInput(
-            "fal_webhook is not available on this server yet; poll the status_url instead.", field="fal_webhook"
-        )
-    return queue_job(request, model_for_app(request.app.state.runtime, app_id), body.edit_input(), key_id, None)
+def _queue(request: Request, app_id: str, body: FalEditInput, key_id: str, webhook_url: str | None) -> Job:
+    runtime: Runtime = request.app.state.runtime
+    webhook = fal_webhook.requested(webhook_url, allow=runtime.settings.fetch_allow)
+    return queue_job(request, model_for_app(runtime, app_id), body.edit_input(), key_id, None, webhook)
 
 
 def _status_body(request: Request, runtime: Runtime, app_path: str, job: Job, with_logs: bool) -> dict:
@@ -75,9 +72,13 @@ def _status_body(request: Request, runtime: Runtime, app_path: str, job: Job, wi
 def _output(request: Request, runtime: Runtime, job: Job) -> JSONResponse:
     if job.state != JobState.completed:
         return fal_errors.from_job(job)
-    base = base_url(request)
-    images = [(runtime.storage.url(key, base), guess_content_type(key)) for key in job.outputs]
-    return JSONResponse(fal_output(job, images))
+    return JSONResponse(fal_output(job, output_images(runtime.storage, job, base_url(request))))
+
+
+@router.get("/.well-known/jwks.json", summary="fal: the keys that sign this server's fal webhooks")
+def webhook_keys(runtime: RuntimeDep) -> dict:
+    """The public keys (a JWKS) to verify `X-Fal-Webhook-Signature` with, as fal's own at rest.alpha.fal.ai."""
+    return fal_webhook.jwks(runtime.settings)
 
 
 @router.post("/run/{app_id:path}", summary="fal: run an app and wait for its output")
@@ -107,7 +108,7 @@ async def submit(
     app_id: str,
     body: FalEditInput,
     key_id: KeyId,
-    fal_webhook: Annotated[str | None, Query(max_length=2048)] = None,
+    fal_webhook: Annotated[str | None, Query(max_length=2048, description="Where to POST the result.")] = None,
 ) -> dict:
     """Queue an edit; answers fal's `{request_id, response_url, status_url, cancel_url}`."""
     job = await run_in_threadpool(_queue, request, app_id, body, key_id, fal_webhook)

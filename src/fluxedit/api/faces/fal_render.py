@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fluxedit.jobs.state import JobState
 from fluxedit.jobs.store import Job
+from fluxedit.storage import guess_content_type
+from fluxedit.storage.base import Storage
 
 FAL_STATES = {JobState.in_queue: "IN_QUEUE", JobState.in_progress: "IN_PROGRESS"}  # else COMPLETED
 
@@ -51,6 +53,11 @@ def step_logs(job: Job) -> list[dict]:
         {"message": f"Denoising step {step}/{job.total_steps}", "level": "INFO", "source": "user", "timestamp": when}
         for step in range(1, (job.step or 0) + 1)
     ]
+
+
+def output_images(storage: Storage, job: Job, base: str) -> list[tuple[str, str]]:
+    """(URL, content type) of each output of a completed job."""
+    return [(storage.url(key, base), guess_content_type(key)) for key in job.outputs]
 
 
 def fal_output(job: Job, images: list[tuple[str, str]]) -> dict:
