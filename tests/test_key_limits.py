@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
 from _fixtures_images import png_bytes
 from _fixtures_server import run_cli
+from fluxedit.jobs.key_cache import KeyCache
+from fluxedit.jobs.keys import KeyStore
 
 PRO = "blackforestlabs/flux-2/pro/edit"
 
@@ -78,7 +82,29 @@ def test_a_revoked_key_harms_no_other_keys_jobs(tmp_path, start_server, image_se
     assert all(submit(server, a, image_server).status_code == 200 for _ in range(3))
     key_id = run_cli("keys", "list", data_dir=tmp_path).stdout.split()[0]
     assert run_cli("keys", "revoke", key_id, data_dir=tmp_path).returncode == 0
-    assert submit(server, a, image_server).status_code == 401
+    # The server trusts a key it verified for FLUXEDIT_KEY_CACHE_S (2 s): refused within that.
+    deadline = time.monotonic() + 2 + 5  # + room for a loaded machine
+    while (refused := submit(server, a, image_server)).status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert refused.status_code == 401, refused.text
     answer = submit(server, b, image_server)
     assert answer.status_code == 200
     assert server.wait_for(answer.json()["request_id"], {"completed", "failed"}, key=b)["status"] == "completed"
+
+
+def test_a_verified_key_is_trusted_for_the_cache_time_then_read_again(tmp_path) -> None:
+    keys = KeyStore(f"sqlite:///{tmp_path}/keys.db")
+    keys.create_schema()
+    now = [100.0]
+    cache = KeyCache(keys.verify, ttl_s=2.0, clock=lambda: now[0])
+    key_id, secret = keys.create("poller")
+    try:
+        assert cache.verify(secret) == key_id
+        keys.revoke(key_id)
+        now[0] += 1.9
+        assert cache.verify(secret) == key_id  # within the 2 s it is trusted without a read
+        now[0] += 0.2
+        assert cache.verify(secret) is None  # past them, the revocation is seen
+        assert cache.verify("fe_not-a-key") is None and cache.verify("") is None
+    finally:
+        keys.dispose()

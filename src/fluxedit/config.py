@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     stream_poll_interval_s: float = Field(
         0.1, gt=0, le=5, description="How often a status stream or a `Prefer: wait` reads its job's row."
     )
+    key_cache_s: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="How long an API process trusts a key it verified: a revoked key works at most this long (0: never cached).",
+    )
     max_streams_per_key: int = Field(8, ge=1, description="Open status streams per API key and API process.")
     replicate_models: dict[str, str] = Field(
         default_factory=dict,

@@ -27,6 +27,7 @@ from fluxedit.config import Settings
 from fluxedit.engines.base import Engine
 from fluxedit.engines.registry import describe_source, make_engine, model_pairs
 from fluxedit.jobs.dispatch import Dispatcher, LocalDispatcher
+from fluxedit.jobs.key_cache import KeyCache
 from fluxedit.jobs.keys import WEBHOOK_SECRET_PREFIX, KeyStore
 from fluxedit.jobs.migrate import upgrade_database
 from fluxedit.jobs.outbox import Outbox, OutboxEvent
@@ -90,6 +91,7 @@ class Runtime:
     models: dict[str, ServedModel]
     store: JobStore
     keys: KeyStore
+    key_cache: KeyCache
     signer: UrlSigner
     storage: Storage
     outbox: Outbox
@@ -154,11 +156,13 @@ def open_runtime(
     upgrade_database(store.engine)  # Alembic on PostgreSQL, create_all on SQLite
     signer = UrlSigner.from_settings(settings)
     local_workers = run_jobs and not settings.broker_url and dispatch == "auto"
+    keys = KeyStore(store.engine)  # the same database: one connection pool, not two
     runtime = Runtime(
         settings=settings,
         models=served_models(model_specs, settings, with_engines=local_workers or dispatch == "none"),
         store=store,
-        keys=KeyStore(store.engine),  # the same database: one connection pool, not two
+        keys=keys,
+        key_cache=KeyCache(keys.verify, ttl_s=settings.key_cache_s),
         signer=signer,
         storage=open_storage(settings, signer),
         outbox=Outbox(store.engine),

@@ -25,7 +25,7 @@ def require_key(request: Request, runtime: RuntimeDep) -> str:
         raise Unauthorized("An API key is required: send the header 'Authorization: Bearer <key>'.")
     if scheme.lower() not in ("bearer", "key") or not secret.strip():
         raise Unauthorized("The Authorization header must be 'Bearer <key>'.")
-    key_id = runtime.keys.verify(secret.strip())
+    key_id = runtime.key_cache.verify(secret.strip())
     if key_id is None:
         raise Unauthorized("The API key is not valid or has been revoked.")
     return key_id

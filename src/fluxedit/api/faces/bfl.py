@@ -28,7 +28,7 @@ def require_x_key(request: Request, runtime: RuntimeDep) -> str:
     secret = request.headers.get("x-key", "").strip()
     if not secret:
         raise Unauthorized("An API key is required: send the header 'x-key: <key>'.")
-    key_id = runtime.keys.verify(secret)
+    key_id = runtime.key_cache.verify(secret)
     if key_id is None:
         raise Unauthorized("The API key is not valid or has been revoked.")
     return key_id
