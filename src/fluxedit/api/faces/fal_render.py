@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from fluxedit.jobs.job import Job
 from fluxedit.jobs.state import JobState
-from fluxedit.jobs.store import Job
 
 FAL_STATES = {JobState.in_queue: "IN_QUEUE", JobState.in_progress: "IN_PROGRESS"}  # else COMPLETED
 
