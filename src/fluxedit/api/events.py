@@ -24,8 +24,8 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from fluxedit.errors import FluxeditError
+from fluxedit.jobs.job import Job
 from fluxedit.jobs.state import JobState
-from fluxedit.jobs.store import Job
 from fluxedit.runtime import Runtime
 
 PING_S = 15  # a comment this often keeps proxies from closing an idle stream

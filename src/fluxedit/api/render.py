@@ -6,8 +6,8 @@ moment. Absolute URLs start at `base`: the public URL, or the base the caller us
 
 from __future__ import annotations
 
+from fluxedit.jobs.job import Job
 from fluxedit.jobs.state import JobState
-from fluxedit.jobs.store import Job
 from fluxedit.schema import EditOutput, JobError, Progress, ResultResponse, StatusResponse, Timings
 from fluxedit.storage.base import Storage
 

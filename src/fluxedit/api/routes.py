@@ -24,8 +24,8 @@ from fluxedit.engines.capabilities import capabilities_of
 from fluxedit.errors import FluxeditError, InvalidInput, NotFound
 from fluxedit.images.sniff import sniff_upload
 from fluxedit.jobs.errors import JobConflict
+from fluxedit.jobs.job import Job
 from fluxedit.jobs.outbox import Webhook
-from fluxedit.jobs.store import Job
 from fluxedit.metrics import api_face
 from fluxedit.runtime import Runtime, ServedModel
 from fluxedit.schema import (

@@ -30,9 +30,10 @@ from celery import Celery
 from fluxedit.config import Settings
 from fluxedit.engines.base import Engine
 from fluxedit.errors import InvalidInput
+from fluxedit.jobs.job import Job
 from fluxedit.jobs.periodic import Periodic
 from fluxedit.jobs.state import JobState
-from fluxedit.jobs.store import Job, JobStore
+from fluxedit.jobs.store import JobStore
 from fluxedit.jobs.worker import WorkerContext, execute
 
 log = logging.getLogger("fluxedit.cluster")

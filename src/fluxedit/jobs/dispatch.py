@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fluxedit.engines.base import Engine
+from fluxedit.jobs.job import Job
 from fluxedit.jobs.periodic import Periodic
-from fluxedit.jobs.store import Job
 from fluxedit.jobs.worker import WorkerContext, execute
 
 log = logging.getLogger(__name__)

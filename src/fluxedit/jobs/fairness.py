@@ -1,14 +1,20 @@
 """The order queued jobs start in: per-key priority, then round-robin across keys, oldest first within a key.
 
-One pure function decides it, so that `JobStore.claim_next` (which job a free worker
-takes) and `JobStore.queue_position` (what a client is told) never disagree.
+One pure function decides it (`fair_order`), fed by one query (`fair_queue`), so that
+`JobStore.claim_next` (which job a free worker takes) and `JobStore.queue_position`
+(what a client is told) never disagree.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+
+import sqlalchemy as sa
+
+from fluxedit.jobs.db import jobs_table, key_limits_table
+from fluxedit.jobs.state import JobState
 
 NEVER = datetime.min  # a key never served goes before any key served, at the same round
 
@@ -39,3 +45,51 @@ def fair_order(queued: Iterable[Queued], last_started: dict[str, datetime], prio
 def _naive(moment: datetime | None) -> datetime:
     # Compared with NEVER, which has no zone; the store's times are all UTC.
     return NEVER if moment is None else moment.replace(tzinfo=None)
+
+
+_J = jobs_table.c
+_L = key_limits_table.c
+
+
+def fair_queue(
+    conn: sa.Connection, model_ids: Sequence[str], *, default_max_running: int | None = None
+) -> list[Queued]:
+    """The in_queue jobs of `model_ids` in the order they start (`fair_order`), read on `conn`.
+
+    With `default_max_running` (or any key's own max_running), the jobs of keys that
+    have that many jobs in_progress already are left out: they wait for one to end.
+    """
+    ids = list(model_ids)
+    queued = [
+        Queued(row.seq, row.key_id)
+        for row in conn.execute(
+            sa.select(_J.seq, _J.key_id).where(_J.state == JobState.in_queue.value, _J.model_id.in_(ids))
+        )
+    ]
+    keys = sorted({q.key_id for q in queued})
+    if not keys:
+        return []
+    last_started = dict(
+        conn.execute(
+            sa.select(_J.key_id, sa.func.max(_J.started_at))
+            .where(_J.key_id.in_(keys), _J.model_id.in_(ids), _J.started_at.is_not(None))
+            .group_by(_J.key_id)
+        ).all()
+    )
+    limits = {r.key_id: r for r in conn.execute(sa.select(key_limits_table).where(_L.key_id.in_(keys)))}
+    running = dict(
+        conn.execute(
+            sa.select(_J.key_id, sa.func.count())
+            .where(_J.key_id.in_(keys), _J.state == JobState.in_progress.value)
+            .group_by(_J.key_id)
+        ).all()
+    )
+    priority = {k: r.priority for k, r in limits.items() if r.priority is not None}
+    full = set()
+    for key in keys:
+        own = limits[key].max_running if key in limits else None
+        cap = own if own is not None else default_max_running
+        if cap is not None and running.get(key, 0) >= cap:
+            full.add(key)
+    last = {k: v for k, v in last_started.items() if v is not None}
+    return fair_order([q for q in queued if q.key_id not in full], last, priority)

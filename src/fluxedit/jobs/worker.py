@@ -27,8 +27,9 @@ from fluxedit.images.decode import encode_image
 from fluxedit.images.fetch import Fetcher
 from fluxedit.images.formats import IMAGE_TYPES
 from fluxedit.jobs.errors import LeaseLost
+from fluxedit.jobs.job import Job
 from fluxedit.jobs.state import JobState
-from fluxedit.jobs.store import Job, JobStore
+from fluxedit.jobs.store import JobStore
 from fluxedit.metrics import Metrics
 from fluxedit.pipeline import EditOutcome, run_edit
 from fluxedit.schema import EditInput, invalid_input

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 from standardwebhooks.webhooks import Webhook
 
 from fluxedit.api.render import result_response
+from fluxedit.jobs.job import Job
 from fluxedit.jobs.outbox import NATIVE_FORMAT, OutboxEvent
-from fluxedit.jobs.store import Job
 from fluxedit.webhooks.sender import Delivery
 
 if TYPE_CHECKING:

@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse
 
 from fluxedit.api.routes import base_url
 from fluxedit.errors import FluxeditError
+from fluxedit.jobs.job import Job
 from fluxedit.jobs.state import JobState
-from fluxedit.jobs.store import Job
 from fluxedit.runtime import Runtime
 
 PREFIX = "/bfl"

@@ -16,8 +16,8 @@ from datetime import datetime
 
 from fluxedit.api.faces.bfl_result import task_result
 from fluxedit.errors import InvalidInput
+from fluxedit.jobs.job import Job
 from fluxedit.jobs.outbox import OutboxEvent, Webhook
-from fluxedit.jobs.store import Job
 from fluxedit.runtime import Runtime
 from fluxedit.webhooks.sender import Delivery, check_destination
 

@@ -33,8 +33,8 @@ from fluxedit.api.faces.fal_schema import FalEditInput
 from fluxedit.api.routes import KeyId, base_url, own_job, queue_job
 from fluxedit.errors import NotFound
 from fluxedit.jobs.errors import JobConflict
+from fluxedit.jobs.job import Job
 from fluxedit.jobs.state import JobState
-from fluxedit.jobs.store import Job
 from fluxedit.runtime import Runtime
 
 router = APIRouter(prefix="/fal", route_class=FalRoute, tags=["fal"])

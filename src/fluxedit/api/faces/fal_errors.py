@@ -16,8 +16,8 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from fluxedit.errors import FluxeditError
+from fluxedit.jobs.job import Job
 from fluxedit.jobs.state import JobState
-from fluxedit.jobs.store import Job
 
 QUERY_FIELDS = ("fal_webhook",)
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from fluxedit.jobs.job import Job
 from fluxedit.jobs.state import JobState
-from fluxedit.jobs.store import Job
 from fluxedit.storage import guess_content_type
 from fluxedit.storage.base import Storage
 

@@ -26,7 +26,7 @@ from fluxedit.api.faces.fal_render import fal_output, output_images
 from fluxedit.config import Settings
 from fluxedit.jobs.outbox import OutboxEvent, Webhook
 from fluxedit.jobs.state import JobState
-from fluxedit.jobs.store import Job
+from fluxedit.jobs.job import Job
 from fluxedit.runtime import Runtime
 from fluxedit.storage.signing import load_secret
 from fluxedit.webhooks.sender import Delivery, check_destination

@@ -34,7 +34,7 @@ from fluxedit.api.faces.replicate_webhook import requested
 from fluxedit.api.routes import base_url, queue_job
 from fluxedit.errors import InvalidInput, NotFound
 from fluxedit.jobs.errors import JobConflict
-from fluxedit.jobs.store import Job
+from fluxedit.jobs.job import Job
 from fluxedit.runtime import Runtime
 
 router = APIRouter(prefix=PREFIX, tags=["replicate"], route_class=face_route(problem))

@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse
 
 from fluxedit.api.faces.replicate_input import model_table, replicate_name, version_id
 from fluxedit.errors import FluxeditError
+from fluxedit.jobs.job import Job
 from fluxedit.jobs.state import JobState
-from fluxedit.jobs.store import Job
 from fluxedit.runtime import Runtime
 
 PREFIX = "/replicate"

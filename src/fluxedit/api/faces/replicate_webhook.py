@@ -15,8 +15,8 @@ from datetime import datetime
 
 from fluxedit.api.faces.replicate_prediction import prediction
 from fluxedit.errors import InvalidInput
+from fluxedit.jobs.job import Job
 from fluxedit.jobs.outbox import OutboxEvent, Webhook
-from fluxedit.jobs.store import Job
 from fluxedit.runtime import Runtime
 from fluxedit.webhooks.formats import standard_headers
 from fluxedit.webhooks.sender import Delivery, check_destination
