@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fluxedit.api.faces.fal_errors import from_job
 from fluxedit.api.faces.fal_render import fal_output, output_images
 from fluxedit.config import Settings
+from fluxedit.jobs.job import Job
 from fluxedit.jobs.outbox import OutboxEvent, Webhook
 from fluxedit.jobs.state import JobState
-from fluxedit.jobs.job import Job
 from fluxedit.runtime import Runtime
 from fluxedit.storage.signing import load_secret
 from fluxedit.webhooks.sender import Delivery, check_destination
