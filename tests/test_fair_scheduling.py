@@ -43,6 +43,12 @@ def test_queue_position_tells_the_order_jobs_start_in(job_store: JobStore) -> No
     assert [job_store.get(j).key_id for j in started] == ["key-a", "key-b", "key-c", "key-a", "key-b", "key-a"]
 
 
+def test_a_pages_positions_read_at_once_are_each_jobs_own(job_store: JobStore) -> None:
+    page = [job_store.get(job_id) for job_id in queue(job_store, "key-a", 3) + queue(job_store, "key-b", 2)]
+    assert job_store.queue_positions(page) == {job.id: job_store.queue_position(job) for job in page}
+    assert sorted(job_store.queue_positions(page).values()) == [0, 1, 2, 3, 4]
+
+
 def test_priority_goes_first_and_max_running_holds_a_key_back(database_url: str) -> None:
     store, keys = JobStore(database_url), None
     store.create_schema()

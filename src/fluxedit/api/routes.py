@@ -77,8 +77,13 @@ def _status_fields(request: Request, runtime: Runtime, job: Job) -> dict:
     return render.status_fields(job, base_url(request), _queue_position(runtime, job))
 
 
-def _result(request: Request, runtime: Runtime, job: Job, *, include_cost: bool = False) -> ResultResponse:
-    result = render.result_response(job, base_url(request), runtime.storage, _queue_position(runtime, job))
+def _result(
+    request: Request, runtime: Runtime, job: Job, *, include_cost: bool = False, position: int | None = None
+) -> ResultResponse:
+    """The result body; `position`: the queue position when the caller read it already (a page's)."""
+    if position is None:
+        position = _queue_position(runtime, job)
+    result = render.result_response(job, base_url(request), runtime.storage, position)
     if include_cost and job.state == JobState.completed:
         result.cost = job_cost(runtime, job)
     return result
@@ -258,7 +263,10 @@ def list_requests(
 ) -> RequestList:
     """This key's requests, newest first."""
     jobs, next_cursor = runtime.store.list_jobs(key_id, limit=limit, cursor=cursor)
-    return RequestList(requests=[_result(request, runtime, job) for job in jobs], next_cursor=next_cursor)
+    queued = [job for job in jobs if job.state == JobState.in_queue]
+    positions = runtime.store.queue_positions(queued)  # one read per model, not one per queued job
+    answers = [_result(request, runtime, job, position=positions.get(job.id)) for job in jobs]
+    return RequestList(requests=answers, next_cursor=next_cursor)
 
 
 @router.get("/v1/requests/{request_id}/status", response_model=StatusResponse, tags=["requests"], responses=ERRORS)

@@ -184,8 +184,17 @@ class JobStore(Leases):
     def queue_position(self, job: Job) -> int:
         """How many in_queue jobs of the same model start before `job` (0: next), in the fair
         order of `fluxedit.jobs.fairness`. Meant for in_queue jobs."""
-        order = [queued.seq for queued in self.fair_queue([job.model_id])]
-        return order.index(job.seq) if job.seq in order else len(order)
+        return self.queue_positions([job])[job.id]
+
+    def queue_positions(self, jobs: Sequence[Job]) -> dict[str, int]:
+        """queue_position of each job in `jobs` (meant for in_queue ones), reading each model's fair order once."""
+        positions: dict[str, int] = {}
+        for model_id in {job.model_id for job in jobs}:
+            order = {entry.seq: n for n, entry in enumerate(self.fair_queue([model_id]))}
+            for job in jobs:
+                if job.model_id == model_id:
+                    positions[job.id] = order.get(job.seq, len(order))
+        return positions
 
     def fair_queue(self, model_ids: Sequence[str], *, default_max_running: int | None = None) -> list[Queued]:
         """The in_queue jobs of `model_ids` in the order they start (see fluxedit.jobs.fairness).
