@@ -139,6 +139,7 @@ def healthz(request: Request, runtime: RuntimeDep) -> JSONResponse:
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"], responses=ERRORS)
 def list_models(runtime: RuntimeDep, key_id: KeyId) -> ModelList:
+    queued = runtime.store.queued_counts()
     return ModelList(
         models=[
             ModelInfo(
@@ -147,7 +148,7 @@ def list_models(runtime: RuntimeDep, key_id: KeyId) -> ModelList:
                 source=m.source,
                 loaded=m.loaded,
                 max_references=m.max_references,
-                queued=runtime.store.queued_count(m.id),
+                queued=queued.get(m.id, 0),
                 fal_apps=apps_of(runtime.settings, m.id),
             )
             for m in runtime.models.values()

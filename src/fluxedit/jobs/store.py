@@ -210,6 +210,12 @@ class JobStore(Leases):
         with self._read() as conn:
             return int(conn.execute(query).scalar_one())
 
+    def queued_counts(self) -> dict[str, int]:
+        """Model id -> its in_queue jobs, for every model with any: one query."""
+        query = sa.select(_J.model_id, sa.func.count()).where(_J.state == JobState.in_queue.value).group_by(_J.model_id)
+        with self._read() as conn:
+            return {model_id: int(count) for model_id, count in conn.execute(query)}
+
     def queued_count_for_key(self, key_id: str) -> int:
         """This key's in_queue jobs, all models together (its max_queued limit)."""
         query = sa.select(sa.func.count()).where(_J.state == JobState.in_queue.value, _J.key_id == key_id)
