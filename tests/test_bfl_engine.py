@@ -12,7 +12,7 @@ from PIL import Image
 from fluxedit.config import Settings
 from fluxedit.engines.base import EditRequest, Engine
 from fluxedit.engines.bfl import BflEngine, make_slots
-from fluxedit.engines.bfl_client import check_result_address
+from fluxedit.engines.bfl_results import check_result_address
 from fluxedit.errors import EditCancelled, FluxeditError, InvalidInput, ModelUnavailable
 
 

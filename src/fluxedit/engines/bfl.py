@@ -2,9 +2,10 @@
 
 The weights of these models are not public, so this engine forwards each edit to
 BFL with the operator's key and brings the result back as pixels, like any engine.
-BFL's protocol (submit, poll, download, retries, errors) is `bfl_client`'s; this
-module is the engine around it: references and the request body, the bound on
-tasks in flight, progress and stop requests.
+BFL's protocol (submit, poll) is `bfl_client`'s, the result's download
+`bfl_results`', retries and errors `bfl_errors`'; this module is the engine around
+them: references and the request body, the bound on tasks in flight, progress and
+stop requests.
 
 - References: [pro], [flex] and [max] take up to 8 reference images through the API
   (10 only in BFL's playground).
@@ -25,7 +26,8 @@ from PIL import Image
 
 from fluxedit.config import Settings
 from fluxedit.engines.base import EditRequest, ProgressCallback
-from fluxedit.engines.bfl_client import BflClient, UpstreamError
+from fluxedit.engines.bfl_client import BflClient
+from fluxedit.engines.bfl_errors import UpstreamError
 from fluxedit.engines.capabilities import BFL_MAX_REFERENCES
 from fluxedit.errors import EditCancelled, InvalidInput, ModelUnavailable
 from fluxedit.images.decode import encode_image
