@@ -8,6 +8,7 @@ import io
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -176,10 +177,41 @@ def test_cancelled_job_is_never_started(job_store, tiny_engine, storage, setting
     assert cancelled.state is JobState.cancelled and cancelled.attempts == 0 and cancelled.started_at is None
 
 
+class TimedEngine:
+    """An engine that records when each of its edits ran (start, end), else the same engine."""
+
+    def __init__(self, engine) -> None:
+        self._engine, self.edits = engine, []
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def edit(self, request, progress=None):
+        started = time.monotonic()
+        try:
+            return self._engine.edit(request, progress)
+        finally:
+            self.edits.append((started, time.monotonic()))
+
+
+class GatedStorage(LocalStorage):
+    """Local files whose writes of `job_id`'s outputs wait until `gate` is set: a slow disk."""
+
+    def __init__(self, root: Path, signer: UrlSigner) -> None:
+        super().__init__(root, signer)
+        self.gate, self.job_id = threading.Event(), None
+
+    def put_file(self, key, file, content_type) -> None:
+        if self.job_id and key.startswith(f"outputs/{self.job_id}/"):
+            assert self.gate.wait(60), "the test never opened the gate"
+        super().put_file(key, file, content_type)
+
+
 def test_dispatcher_runs_queued_jobs_in_order_one_at_a_time(job_store, tiny_engine, storage, settings) -> None:
     # Queued before the dispatcher starts (as after a restart), on two ids that alias one engine.
     jobs = [submit(job_store, model=(MODEL, ALIAS)[i % 2], num_inference_steps=2, seed=i) for i in range(4)]
-    dispatcher = LocalDispatcher(WorkerContext(job_store, storage, settings), {MODEL: tiny_engine, ALIAS: tiny_engine})
+    engine = TimedEngine(tiny_engine)
+    dispatcher = LocalDispatcher(WorkerContext(job_store, storage, settings), {MODEL: engine, ALIAS: engine})
     dispatcher.start()
     try:
         done = [wait_finished(job_store, j.id) for j in jobs]
@@ -188,7 +220,57 @@ def test_dispatcher_runs_queued_jobs_in_order_one_at_a_time(job_store, tiny_engi
     assert all(j.state is JobState.completed for j in done)
     assert len({j.worker_id for j in done}) == 1  # one thread for the one engine
     for earlier, later in zip(done, done[1:]):
-        assert earlier.finished_at <= later.started_at  # FIFO, one job at a time
+        assert earlier.started_at <= later.started_at  # FIFO
+    assert len(engine.edits) == 4
+    for (_, earlier_end), (later_start, _) in zip(engine.edits, engine.edits[1:]):
+        assert earlier_end <= later_start, "one edit at a time on the engine"
+
+
+def test_the_engine_runs_the_next_job_while_the_last_ones_outputs_are_stored(
+    job_store, tiny_engine, signer, settings, tmp_path
+) -> None:
+    storage = GatedStorage(tmp_path / "gated", signer)
+    first, second, third = (submit(job_store, num_inference_steps=2, seed=i) for i in range(3))
+    storage.job_id = first.id  # storing the first job's outputs hangs until the gate opens
+    engine = TimedEngine(tiny_engine)
+    dispatcher = LocalDispatcher(WorkerContext(job_store, storage, settings), {MODEL: engine})
+    dispatcher.start()
+    try:
+        wait_until(lambda: len(engine.edits) == 2, what="the second job's edit")
+        time.sleep(0.3)  # time enough for a third edit to start, were it allowed to
+        stored = job_store.get(first.id)
+        assert stored.state is JobState.in_progress and stored.phase == "encoding" and stored.outputs == []
+        # At most one job's outputs wait: the second is done denoising, so the third stays queued.
+        assert job_store.get(second.id).phase == "encoding"
+        assert job_store.get(third.id).state is JobState.in_queue and len(engine.edits) == 2
+        storage.gate.set()
+        done = [wait_finished(job_store, j.id) for j in (first, second, third)]
+    finally:
+        storage.gate.set()
+        dispatcher.stop()
+    assert [j.state for j in done] == [JobState.completed] * 3
+    for job in done:  # completed means its files are there
+        assert all(storage.get(key) for key in job.outputs), job.id
+
+
+def test_stopping_the_dispatcher_still_stores_a_finished_edit(
+    job_store, tiny_engine, signer, settings, tmp_path
+) -> None:
+    storage = GatedStorage(tmp_path / "gated", signer)
+    job = submit(job_store, num_inference_steps=2)
+    storage.job_id = job.id
+    engine = TimedEngine(tiny_engine)
+    dispatcher = LocalDispatcher(WorkerContext(job_store, storage, settings), {MODEL: engine})
+    dispatcher.start()
+    wait_until(lambda: engine.edits, what="the edit")
+    stopping = threading.Thread(target=dispatcher.stop)  # interrupts at the next step: there is none left
+    stopping.start()
+    time.sleep(0.2)
+    assert stopping.is_alive(), "stop waits for the outputs to be stored"
+    storage.gate.set()
+    stopping.join(30)
+    stored = job_store.get(job.id)
+    assert stored.state is JobState.completed and all(storage.get(key) for key in stored.outputs)
 
 
 def test_notify_wakes_an_idle_dispatcher(job_store, tiny_engine, storage, settings) -> None:

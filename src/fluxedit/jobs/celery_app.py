@@ -24,6 +24,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 from celery import Celery
 
@@ -32,9 +33,10 @@ from fluxedit.engines.base import Engine
 from fluxedit.errors import InvalidInput
 from fluxedit.jobs.job import Job
 from fluxedit.jobs.periodic import Periodic
+from fluxedit.jobs.post import PostProcessor
 from fluxedit.jobs.state import JobState
 from fluxedit.jobs.store import JobStore
-from fluxedit.jobs.worker import WorkerContext, execute
+from fluxedit.jobs.worker import WorkerContext, execute_pipelined, log_end
 
 log = logging.getLogger("fluxedit.cluster")
 
@@ -54,6 +56,7 @@ class WorkerProcess:
 
     context: WorkerContext
     engines: dict[str, Engine]  # model id -> loaded engine
+    post: PostProcessor = field(default_factory=PostProcessor)  # stores a job's outputs while the next one runs
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
@@ -108,9 +111,9 @@ def run_claimed_message(job_id: str, process: WorkerProcess) -> None:
     if claimed is None:
         log.info("message for job %s: no job of %s is waiting; nothing to run", job_id, job.model_id)
         return
-    state = execute(claimed, process.engines[claimed.model_id], process.context, worker_id=process.worker_id)
-    # One line per job run; operators (and the cluster tests) read these.
-    log.info("job %s: %s", claimed.id, state.value if state else "not finished by this worker")
+    engine = process.engines[claimed.model_id]
+    ended = execute_pipelined(claimed, engine, process.context, worker_id=process.worker_id, post=process.post)
+    ended.add_done_callback(partial(log_end, claimed.id))
 
 
 def recover_and_requeue(store: JobStore, send: Callable[[Job], None], settings: Settings) -> list[str]:
@@ -226,6 +229,7 @@ def run_worker(settings: Settings, model_specs: list[str]) -> int:
     try:
         worker.start()
     finally:
+        process.post.close()  # the last job's outputs are stored before the process ends
         recovery.stop()
         runtime.close()
     return worker.exitcode or 0

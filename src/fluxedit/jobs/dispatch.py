@@ -15,12 +15,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from fluxedit.engines.base import Engine
 from fluxedit.jobs.job import Job
 from fluxedit.jobs.periodic import Periodic
-from fluxedit.jobs.worker import WorkerContext, execute
+from fluxedit.jobs.post import PostProcessor
+from fluxedit.jobs.worker import WorkerContext, execute_pipelined, log_end
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +45,13 @@ class Dispatcher(Protocol):
 
 @dataclass
 class WorkerSlot:
-    """One worker thread: it runs one job at a time of the model ids it serves."""
+    """One worker thread: it runs one job at a time of the model ids it serves, while its
+    post-processor stores the previous job's outputs."""
 
     model_ids: list[str]
     worker_id: str
     wake: threading.Event = field(default_factory=threading.Event)
+    post: PostProcessor = field(default_factory=PostProcessor)
     thread: threading.Thread | None = None
 
 
@@ -121,7 +125,13 @@ class LocalDispatcher:
     # --- threads ---------------------------------------------------------------------
 
     def _work(self, slot: WorkerSlot) -> None:
-        self._load(slot)
+        try:
+            self._load(slot)
+            self._take_jobs(slot)
+        finally:
+            slot.post.close()  # the last job's outputs are stored before this thread ends
+
+    def _take_jobs(self, slot: WorkerSlot) -> None:
         settings = self.context.settings
         lease_s = settings.lease_s
         while not self._stopping.is_set():
@@ -134,8 +144,10 @@ class LocalDispatcher:
                 if job is not None:
                     log.info("job %s (%s): started, attempt %d", job.id, job.model_id, job.attempts)
                     engine = self.engines[job.model_id]
-                    state = execute(job, engine, self.context, worker_id=slot.worker_id, stop=self._interrupt)
-                    log.info("job %s: %s", job.id, state.value if state else "returned to the queue")
+                    ended = execute_pipelined(
+                        job, engine, self.context, worker_id=slot.worker_id, post=slot.post, stop=self._interrupt
+                    )
+                    ended.add_done_callback(partial(log_end, job.id))
                     continue
             except Exception:
                 # e.g. the database is briefly unreachable: leases cover the running job; retry later.

@@ -1,8 +1,11 @@
 """The one worker step: run a claimed job to its end, whatever dispatched it.
 
-Local threads (`LocalDispatcher`) claim with `JobStore.claim_next` and call
-`execute`; a Celery task calls `run_job`, which claims the job by id first. The
-edit itself is `fluxedit.pipeline.run_edit`, the same as `fluxedit edit` runs.
+Local worker threads (`LocalDispatcher`) and Celery tasks claim a job with
+`JobStore.claim_next` and call `execute_pipelined`: the edit runs on the calling
+thread, then the outputs are encoded and stored on a `PostProcessor`'s thread
+while the caller takes the next job. `execute` does it all on one thread;
+`run_job` claims a given job first. The edit itself is
+`fluxedit.pipeline.run_edit`, the same as `fluxedit edit` runs.
 
 While a job runs, a small thread renews its lease (so fetching, decoding and
 loading weights never let it expire) and the engine's progress callback records
@@ -16,7 +19,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 
 from pydantic import ValidationError
 
@@ -28,6 +33,7 @@ from fluxedit.images.fetch import Fetcher
 from fluxedit.images.formats import IMAGE_TYPES
 from fluxedit.jobs.errors import LeaseLost
 from fluxedit.jobs.job import Job
+from fluxedit.jobs.post import PostProcessor, run_inline
 from fluxedit.jobs.state import JobState
 from fluxedit.jobs.store import JobStore
 from fluxedit.metrics import Metrics
@@ -75,31 +81,82 @@ def run_job(job_id: str, engine: Engine, context: WorkerContext, *, worker_id: s
 def execute(
     job: Job, engine: Engine, context: WorkerContext, *, worker_id: str, stop: threading.Event | None = None
 ) -> JobState | None:
-    """Run a job this worker has claimed and record how it ended.
+    """Run a job this worker has claimed and record how it ended, all on this thread.
 
     Returns the final state, or None when the job is not finished by this call:
     it went back to the queue because `stop` was set (shutdown; no attempt used),
     or this worker lost its lease (the job belongs to someone else now).
     """
-    lease = _Lease(context.store, job.id, worker_id, context.settings.lease_s, stop)
-    with lease:
-        try:
-            finished = _run(job, engine, context, lease)
-        except Exception as exc:
-            lease.end()
-            state = _ended_early(job, lease, context.store, worker_id, exc)
-            _count_finished(context, job, state, _error_code(exc))
-            return state
-        # No heartbeat may race the final write: it would find the job finished and warn of a lost lease.
+    return _execute(job, engine, context, worker_id, stop, run_inline).result()
+
+
+def execute_pipelined(
+    job: Job,
+    engine: Engine,
+    context: WorkerContext,
+    *,
+    worker_id: str,
+    post: PostProcessor,
+    stop: threading.Event | None = None,
+) -> Future[JobState | None]:
+    """`execute`, with the outputs encoded and stored on `post`'s thread: this returns once the
+    engine is done (and the previous job's outputs are stored), so the caller can run the next
+    job meanwhile. The Future gives what `execute` returns; the job is `completed` only once
+    its files are stored."""
+    return _execute(job, engine, context, worker_id, stop, post.submit)
+
+
+def _execute(
+    job: Job,
+    engine: Engine,
+    context: WorkerContext,
+    worker_id: str,
+    stop: threading.Event | None,
+    hand_over: Callable[[Callable[[], JobState | None]], Future[JobState | None]],
+) -> Future[JobState | None]:
+    lease = _Lease(context.store, job.id, worker_id, context.settings.lease_s, stop).start()
+    try:
+        inferred = _infer(job, engine, context, lease)
+    except Exception as exc:
+        return run_inline(partial(_end_early, job, context, lease, worker_id, exc))
+    if inferred is None:  # lost the lease: the job is someone else's now
         lease.end()
-        if finished is None:
-            return None
-        state = _completed(job, finished, context, worker_id)
-        _count_finished(context, job, state, None)
-        if state is not None and context.metrics is not None:
-            context.metrics.job_phases(job.model_id, finished.phases(job))
-            context.metrics.denoise_steps(job.model_id, finished.outcome.inference_s, lease.total_steps)
-        return state
+        return run_inline(lambda: None)
+    lease.enter_quietly("encoding")
+    return hand_over(partial(_store_and_complete, job, inferred, context, lease, worker_id))
+
+
+def log_end(job_id: str, ended: Future[JobState | None]) -> None:
+    """One line per job run, when it ends; operators (and the cluster tests) read these."""
+    if ended.exception() is not None:
+        log.error("job %s: error while finishing it", job_id, exc_info=ended.exception())
+    else:
+        state = ended.result()
+        log.info("job %s: %s", job_id, state.value if state else "not finished by this worker")
+
+
+def _end_early(job: Job, context: WorkerContext, lease: _Lease, worker_id: str, exc: Exception) -> JobState | None:
+    # No heartbeat may race the final write: it would find the job finished and warn of a lost lease.
+    lease.end()
+    state = _ended_early(job, lease, context.store, worker_id, exc)
+    _count_finished(context, job, state, _error_code(exc))
+    return state
+
+
+def _store_and_complete(
+    job: Job, inferred: _Inferred, context: WorkerContext, lease: _Lease, worker_id: str
+) -> JobState | None:
+    try:
+        finished = _store(job, inferred, context.storage)
+    except Exception as exc:
+        return _end_early(job, context, lease, worker_id, exc)
+    lease.end()
+    state = _completed(job, finished, context, worker_id)
+    _count_finished(context, job, state, None)
+    if state is not None and context.metrics is not None:
+        context.metrics.job_phases(job.model_id, finished.phases(job))
+        context.metrics.denoise_steps(job.model_id, finished.outcome.inference_s, lease.total_steps)
+    return state
 
 
 def _error_code(exc: Exception) -> str | None:
@@ -132,12 +189,20 @@ def _validated(job: Job) -> EditInput:
 
 
 @dataclass(frozen=True)
+class _Inferred:
+    params: EditInput
+    outcome: EditOutcome
+    started: float
+    fetch_s: float  # reading the references (download, upload or data: URI)
+
+
+@dataclass(frozen=True)
 class _Finished:
     params: EditInput
     outcome: EditOutcome
     keys: list[str]
     started: float
-    fetch_s: float  # reading the references (download, upload or data: URI)
+    fetch_s: float
     store_s: float  # encoding and storing the outputs
 
     def phases(self, job: Job) -> dict[str, float | None]:
@@ -166,7 +231,7 @@ class _TimedReader:
             self.seconds += time.monotonic() - started
 
 
-def _run(job: Job, engine: Engine, context: WorkerContext, lease: _Lease) -> _Finished | None:
+def _infer(job: Job, engine: Engine, context: WorkerContext, lease: _Lease) -> _Inferred | None:
     started = time.monotonic()
     params = _validated(job)
     reader = _TimedReader(context.read_references)
@@ -178,12 +243,15 @@ def _run(job: Job, engine: Engine, context: WorkerContext, lease: _Lease) -> _Fi
         progress=lease.progress,
         checkpoint=lease.enter,
     )
-    if lease.lost:
-        return None
-    lease.enter_quietly("encoding")
-    store_started = time.monotonic()
-    keys = _store_outputs(job.id, params.output_format, outcome, context.storage)
-    return _Finished(params, outcome, keys, started, reader.seconds, time.monotonic() - store_started)
+    return None if lease.lost else _Inferred(params, outcome, started, reader.seconds)
+
+
+def _store(job: Job, inferred: _Inferred, storage: Storage) -> _Finished:
+    started = time.monotonic()
+    keys = _store_outputs(job.id, inferred.params.output_format, inferred.outcome, storage)
+    return _Finished(
+        inferred.params, inferred.outcome, keys, inferred.started, inferred.fetch_s, time.monotonic() - started
+    )
 
 
 def _store_outputs(job_id: str, output_format: str, outcome: EditOutcome, storage: Storage) -> list[str]:
@@ -260,12 +328,9 @@ class _Lease:
         self.lost = False
         self.total_steps = 0  # as the engine's progress callback last told it
 
-    def __enter__(self) -> _Lease:
+    def start(self) -> _Lease:
         self._thread.start()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.end()
 
     def end(self) -> None:
         """Stop renewing (idempotent): called before the job's final write, which ends the lease."""
