@@ -20,11 +20,7 @@ import io
 import json
 import os
 import platform
-import re
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,10 +29,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+from _serve import free_port, start_fluxedit, stop
 from PIL import Image
 
 MODEL = "blackforestlabs/flux-2/klein-4b/edit"
-KEY_LINE = re.compile(r"Created the first API key \(shown once, keep it\): (\S+)")
 
 
 class Receiver(ThreadingHTTPServer):
@@ -69,39 +65,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(data_dir: Path, port: int) -> tuple[subprocess.Popen, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXEDIT_")}
-    env.update(
-        FLUXEDIT_DATA_DIR=str(data_dir),
-        FLUXEDIT_FETCH_ALLOW='["127.0.0.1"]',
-        FLUXEDIT_MAX_QUEUED_PER_MODEL="1000",
-        HF_HUB_OFFLINE="1",
-        PYTHONUNBUFFERED="1",
-    )
-    cmd = [sys.executable, "-m", "fluxedit", "serve", "--port", str(port), "--model", "tiny", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if match := KEY_LINE.search(line):
-            key = match.group(1)
-        if "serving" in line:
-            break
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # drain its output
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc, key
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("fluxedit serve did not come up")
 
 
 def edit_body(webhook: str) -> dict:
@@ -141,7 +104,7 @@ def main() -> None:
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        proc, key = start_server(Path(tmp), port)
+        proc, key = start_fluxedit(Path(tmp), port)
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}) as http:
                 body = edit_body(receiver.url())
@@ -162,8 +125,7 @@ def main() -> None:
                 receiver.wait(2 * args.jobs, timeout_s=60 + 20 * args.jobs)  # the worker runs them one by one
                 print(summary("burst", latencies_ms(receiver, burst)))
         finally:
-            proc.terminate()
-            proc.wait(30)
+            stop(proc)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
