@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import datetime
 
 from fluxedit.jobs.fairness import Queued, fair_order
@@ -47,6 +48,29 @@ def test_a_pages_positions_read_at_once_are_each_jobs_own(job_store: JobStore) -
     page = [job_store.get(job_id) for job_id in queue(job_store, "key-a", 3) + queue(job_store, "key-b", 2)]
     assert job_store.queue_positions(page) == {job.id: job_store.queue_position(job) for job in page}
     assert sorted(job_store.queue_positions(page).values()) == [0, 1, 2, 3, 4]
+
+
+def test_one_jobs_counted_position_agrees_with_the_whole_fair_order(database_url: str) -> None:
+    # Keys of two priorities, one capped at one running job, some served before, some never:
+    # every queued job's own position (counted, each status poll) is its place in the order.
+    store = JobStore(database_url)
+    store.create_schema()
+    keys = KeyStore(store.engine)
+    names = [keys.create(name)[0] for name in ("a", "b", "c", "d", "e")]
+    keys.set_limits(names[0], priority=3)
+    keys.set_limits(names[1], max_running=1)
+    rng = random.Random(7)
+    for round_ in range(6):
+        for _ in range(8):
+            queue(store, rng.choice(names), 1)
+        for _ in range(rng.randrange(1, 4)):  # some start (and so are served recently); some end
+            job = store.claim_next([MODEL], "w1", 60)
+            if job is not None and rng.random() < 0.6:
+                store.fail(job.id, "w1", "x", "done with it")
+        queued = [store.get(job_id) for job_id, _ in store.queued_jobs()]
+        whole = store.queue_positions(queued)
+        assert {job.id: store.queue_position(job) for job in queued} == whole, f"round {round_}"
+    store.dispose()
 
 
 def test_priority_goes_first_and_max_running_holds_a_key_back(database_url: str) -> None:

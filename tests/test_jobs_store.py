@@ -125,6 +125,7 @@ def test_queue_is_fifo_per_model_and_positions_fall(job_store: JobStore) -> None
     assert positions == [0, 1, 2]
     assert job_store.queue_position(job_store.get(other)) == 0
     assert job_store.queued_count(MODEL) == 3
+    assert job_store.queued_count(MODEL, up_to=2) == 2  # a submit's check stops at the limit
     assert job_store.queued_counts() == {MODEL: 3, OTHER_MODEL: 1}
 
     assert job_store.claim_next([MODEL], "w", 60).id == first

@@ -28,7 +28,7 @@ from fluxedit.webhooks.deliverer import Deliverer
 from fluxedit.webhooks.sender import Delivery, post
 
 # The newest migration (src/fluxedit/jobs/migrations/versions/); test_cluster.py checks it too.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 MODEL = "blackforestlabs/flux-2/klein-4b/edit"
 RETRY_S = 0.3
@@ -420,6 +420,8 @@ def _assert_upgraded(url: str) -> None:
             "k1", "m", {"prompt": "new"}, max_queued=5, webhook=Webhook("https://h.example/", format="bfl", secret="s")
         )
         assert (made.webhook_url, made.webhook_format, made.webhook_secret) == ("https://h.example/", "bfl", "s")
+        indexes = {index["name"] for index in sa.inspect(store.engine).get_indexes("jobs")}
+        assert {"ix_jobs_queue_key", "ix_jobs_key_started"} <= indexes, "the queue's counting indexes"
     finally:
         keys.dispose()
         store.dispose()

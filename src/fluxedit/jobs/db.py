@@ -80,6 +80,9 @@ jobs_table = sa.Table(
     sa.UniqueConstraint("key_id", "idempotency_key", name="uq_jobs_key_idempotency"),
     sa.Index("ix_jobs_queue", "state", "model_id", "seq"),
     sa.Index("ix_jobs_key_seq", "key_id", "seq"),
+    # Index-only counts for one job's queue position, and each key's last start (fairness.py).
+    sa.Index("ix_jobs_queue_key", "state", "model_id", "key_id", "seq"),
+    sa.Index("ix_jobs_key_started", "key_id", "model_id", "started_at"),
     sqlite_autoincrement=True,  # never reuse a seq, even after deletes
 )
 
@@ -227,6 +230,16 @@ def _add_missing_columns(conn: Connection) -> None:
             conn.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}')
 
 
+def _add_missing_indexes(conn: Connection) -> None:
+    """CREATE INDEX for each index of `metadata` an existing table lacks (create_all adds none there)."""
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in present:
+                index.create(conn)
+
+
 def utc_now() -> datetime:
     """The current time, aware UTC: what every timestamp the stores write is."""
     return datetime.now(UTC)
@@ -239,7 +252,7 @@ class Database:
         self.engine: Engine = open_database(database) if isinstance(database, str) else database
 
     def create_schema(self) -> None:
-        """Create the tables that are missing; on SQLite, add the columns that are missing too.
+        """Create the tables that are missing; on SQLite, add the columns and indexes that are missing too.
 
         (On PostgreSQL, Alembic's revisions change existing tables: see fluxedit.jobs.migrate.)
         """
@@ -248,6 +261,7 @@ class Database:
             metadata.create_all(conn)
             if conn.dialect.name == "sqlite":
                 _add_missing_columns(conn)
+                _add_missing_indexes(conn)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

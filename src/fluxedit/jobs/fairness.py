@@ -1,8 +1,9 @@
 """The order queued jobs start in: per-key priority, then round-robin across keys, oldest first within a key.
 
-One pure function decides it (`fair_order`), fed by one query (`fair_queue`), so that
-`JobStore.claim_next` (which job a free worker takes) and `JobStore.queue_position`
-(what a client is told) never disagree.
+One pure function decides it (`fair_order`), fed by one query (`fair_queue`): which job a
+free worker takes (`JobStore.claim_next`) and a page's queue positions. One job's position
+(`queue_position`, every status poll) is counted from per-key aggregates by the same rule,
+so that its cost does not grow with the queue's length; a test holds the two to agree.
 """
 
 from __future__ import annotations
@@ -66,30 +67,123 @@ def fair_queue(
             sa.select(_J.seq, _J.key_id).where(_J.state == JobState.in_queue.value, _J.model_id.in_(ids))
         )
     ]
-    keys = sorted({q.key_id for q in queued})
+    keys = _key_states(conn, {q.key_id for q in queued}, ids, default_max_running)
     if not keys:
         return []
-    last_started = dict(
-        conn.execute(
-            sa.select(_J.key_id, sa.func.max(_J.started_at))
-            .where(_J.key_id.in_(keys), _J.model_id.in_(ids), _J.started_at.is_not(None))
-            .group_by(_J.key_id)
-        ).all()
+    return fair_order([q for q in queued if q.key_id not in keys.full], keys.last_started, keys.priority)
+
+
+def queue_position(conn: sa.Connection, seq: int, key_id: str, model_id: str) -> int:
+    """How many in_queue jobs of `model_id` start before the queued job `seq` of `key_id`: its
+    index in `fair_queue(conn, [model_id])`, or that queue's length when its key is full.
+
+    Counted from per-key aggregates (an index-only scan) instead of ordering the whole queue,
+    following `fair_order`'s rule: higher priority first, then rounds, then the least recently
+    served key, then the older job.
+    """
+    queued = _queued_per_key(conn, model_id, seq)
+    keys = _key_states(conn, set(queued), [model_id], None)
+    if keys is None:
+        return 0
+    if key_id in keys.full or key_id not in queued:
+        return sum(n for key, (n, _) in queued.items() if key not in keys.full)
+    rank = queued[key_id][1]  # this job is its key's rank-th oldest queued one: round `rank`
+    mine = (-keys.priority.get(key_id, 0), _naive(keys.last_started.get(key_id)))
+    before = rank - 1
+    for other, (count, _) in queued.items():
+        if other == key_id or other in keys.full:
+            continue
+        theirs = (-keys.priority.get(other, 0), _naive(keys.last_started.get(other)))
+        if theirs[0] != mine[0]:
+            before += count if theirs[0] < mine[0] else 0
+            continue
+        before += min(count, rank - 1)  # their jobs of the earlier rounds
+        if count < rank:
+            continue  # no job in this job's round
+        # Their job of this round goes first if they were served less recently, or on a tie, if older.
+        if theirs[1] < mine[1] or (theirs[1] == mine[1] and _nth_seq(conn, model_id, other, rank) < seq):
+            before += 1
+    return before
+
+
+def _queued_per_key(conn: sa.Connection, model_id: str, seq: int) -> dict[str, tuple[int, int]]:
+    """key id -> (its in_queue jobs of `model_id`, how many of them are at or before `seq`)."""
+    at_or_before = sa.func.sum(sa.case((_J.seq <= seq, 1), else_=0))
+    query = (
+        sa.select(_J.key_id, sa.func.count(), at_or_before)
+        .where(_J.state == JobState.in_queue.value, _J.model_id == model_id)
+        .group_by(_J.key_id)
     )
-    limits = {r.key_id: r for r in conn.execute(sa.select(key_limits_table).where(_L.key_id.in_(keys)))}
+    return {key: (int(count), int(upto or 0)) for key, count, upto in conn.execute(query)}
+
+
+def _nth_seq(conn: sa.Connection, model_id: str, key_id: str, n: int) -> int:
+    """The seq of `key_id`'s n-th oldest in_queue job of `model_id` (n from 1)."""
+    query = (
+        sa.select(_J.seq)
+        .where(_J.state == JobState.in_queue.value, _J.model_id == model_id, _J.key_id == key_id)
+        .order_by(_J.seq)
+        .offset(n - 1)
+        .limit(1)
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def _last_started(conn: sa.Connection, keys: list[str], model_ids: list[str]) -> dict[str, datetime]:
+    """When each key last had a job of `model_ids` start (keys never served are left out).
+
+    One index lookup per key and model (`ix_jobs_key_started`), not a scan of each key's
+    jobs: a key's history, and its queued jobs, can be long."""
+
+    def latest(key: str, model_id: str) -> sa.ScalarSelect:
+        return sa.select(sa.func.max(_J.started_at)).where(_J.key_id == key, _J.model_id == model_id).scalar_subquery()
+
+    last = {}
+    for start in range(0, len(keys), _KEYS_PER_QUERY):
+        rows = [
+            sa.select(sa.literal(key).label("key_id"), *(latest(key, m) for m in model_ids))
+            for key in keys[start : start + _KEYS_PER_QUERY]
+        ]
+        for row in conn.execute(sa.union_all(*rows)):
+            times = [t for t in row[1:] if t is not None]
+            if times:
+                last[row[0]] = max(times)
+    return last
+
+
+_KEYS_PER_QUERY = 100  # SQLite allows at most 500 SELECTs in one UNION
+
+
+@dataclass(frozen=True)
+class _KeyStates:
+    last_started: dict[str, datetime]  # when each key last had a job of these models start
+    priority: dict[str, int]
+    full: set[str]  # keys at their max_running: their queued jobs wait
+
+
+def _key_states(
+    conn: sa.Connection, keys: set[str], ids: list[str], default_max_running: int | None
+) -> _KeyStates | None:
+    if not keys:
+        return None
+    keys_ = sorted(keys)
+    last_started = _last_started(conn, keys_, ids)
+    limits = {r.key_id: r for r in conn.execute(sa.select(key_limits_table).where(_L.key_id.in_(keys_)))}
+    # Every key's running jobs (few: one per worker), found from the state; filtering on the
+    # keys here would let the planner walk each key's whole history instead.
     running = dict(
         conn.execute(
-            sa.select(_J.key_id, sa.func.count())
-            .where(_J.key_id.in_(keys), _J.state == JobState.in_progress.value)
-            .group_by(_J.key_id)
+            sa.select(_J.key_id, sa.func.count()).where(_J.state == JobState.in_progress.value).group_by(_J.key_id)
         ).all()
     )
-    priority = {k: r.priority for k, r in limits.items() if r.priority is not None}
     full = set()
-    for key in keys:
+    for key in keys_:
         own = limits[key].max_running if key in limits else None
         cap = own if own is not None else default_max_running
         if cap is not None and running.get(key, 0) >= cap:
             full.add(key)
-    last = {k: v for k, v in last_started.items() if v is not None}
-    return fair_order([q for q in queued if q.key_id not in full], last, priority)
+    return _KeyStates(
+        last_started=last_started,
+        priority={k: r.priority for k, r in limits.items() if r.priority is not None},
+        full=full,
+    )

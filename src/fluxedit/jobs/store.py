@@ -24,7 +24,7 @@ from fluxedit.errors import InvalidInput, NotFound
 from fluxedit.jobs import outbox
 from fluxedit.jobs.db import jobs_table, utc_now
 from fluxedit.jobs.errors import IdempotencyConflict, JobConflict, QueueFull
-from fluxedit.jobs.fairness import Queued, fair_queue
+from fluxedit.jobs.fairness import Queued, fair_queue, queue_position
 from fluxedit.jobs.job import Job
 from fluxedit.jobs.leases import Leases
 from fluxedit.jobs.state import JobState
@@ -89,7 +89,7 @@ class JobStore(Leases):
             existing = self._by_idempotency_key(key_id, idempotency_key)
             if existing is not None:
                 return self._same_request(existing, model_id, input)
-        queued = self.queued_count(model_id)
+        queued = self.queued_count(model_id, up_to=max_queued)
         if queued >= max_queued:
             retry = self._retry_after_s(model_id)
             raise QueueFull(
@@ -184,7 +184,8 @@ class JobStore(Leases):
     def queue_position(self, job: Job) -> int:
         """How many in_queue jobs of the same model start before `job` (0: next), in the fair
         order of `fluxedit.jobs.fairness`. Meant for in_queue jobs."""
-        return self.queue_positions([job])[job.id]
+        with self._read() as conn:
+            return queue_position(conn, job.seq, job.key_id, job.model_id)
 
     def queue_positions(self, jobs: Sequence[Job]) -> dict[str, int]:
         """queue_position of each job in `jobs` (meant for in_queue ones), reading each model's fair order once."""
@@ -205,8 +206,13 @@ class JobStore(Leases):
         with self._read() as conn:
             return fair_queue(conn, model_ids, default_max_running=default_max_running)
 
-    def queued_count(self, model_id: str) -> int:
-        query = sa.select(sa.func.count()).where(_J.state == JobState.in_queue.value, _J.model_id == model_id)
+    def queued_count(self, model_id: str, *, up_to: int | None = None) -> int:
+        """`model_id`'s in_queue jobs; with `up_to`, counting stops there (a submit only needs
+        to know whether the limit is reached: its cost is bounded by the limit, not the queue)."""
+        queued = sa.select(sa.literal(1)).where(_J.state == JobState.in_queue.value, _J.model_id == model_id)
+        if up_to is not None:
+            queued = queued.limit(up_to)
+        query = sa.select(sa.func.count()).select_from(queued.subquery())
         with self._read() as conn:
             return int(conn.execute(query).scalar_one())
 
