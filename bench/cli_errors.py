@@ -22,7 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {
     "edit --size 12x12": ["edit", "-p", "x", "-i", "examples/scene.jpg", "-o", "out.jpg", "--size", "12x12"],
     "edit -i missing.png": ["edit", "-p", "x", "-i", "missing.png", "-o", "out.jpg"],
-    "edit --model nosuch/model": ["edit", "-p", "x", "-i", "examples/scene.jpg", "-o", "out.jpg", "--model", "nosuch/model"],
+    "edit --model nosuch/model": [
+        "edit",
+        "-p",
+        "x",
+        "-i",
+        "examples/scene.jpg",
+        "-o",
+        "out.jpg",
+        "--model",
+        "nosuch/model",
+    ],
     "keys list": ["keys", "list"],
 }
 

@@ -66,7 +66,9 @@ def main() -> None:
     runtime = open_runtime(settings, [f"{MODEL}=tiny"])
     clock = StepClock(runtime.models[MODEL].engine)
     runtime.dispatcher.engines[MODEL] = clock  # the dispatcher runs the wrapped engine
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime, allow_unauthenticated=True), port=8931, log_level="error"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(runtime, allow_unauthenticated=True), port=8931, log_level="error")
+    )
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
@@ -91,7 +93,9 @@ def main() -> None:
     server.should_exit = True
 
     print(f"fluxedit stream latency, tiny model, {args.jobs} jobs of {args.steps} steps, embedded (SQLite, threads)")
-    print(f"Python {platform.python_version()}, {platform.machine()}, stream_poll_interval_s {settings.stream_poll_interval_s}")
+    print(
+        f"Python {platform.python_version()}, {platform.machine()}, stream_poll_interval_s {settings.stream_poll_interval_s}"
+    )
     print(f"step end -> its status event:   {percentiles(step_delays)}")
     print(f"job end (finished_at) -> the result event:  {percentiles(end_delays)}")
 
