@@ -7,9 +7,14 @@ Jobs are tiny (64x64, 2 steps, a data: URI reference). Two phases:
   idle:   one job at a time, the next submitted once the previous webhook arrived;
   burst:  all jobs submitted at once, the worker running them back to back.
 
+--mode cluster: the same phases against a one-machine cluster (bench/_cluster.py: a fresh
+PostgreSQL database, Celery on a Redis database, one `fluxedit worker` that runs the jobs and
+writes the events, `--apis` `fluxedit serve` processes (2 by default) that find the events at
+their next poll and deliver them); jobs are submitted to the API processes in turn.
+
 Both clocks are this machine's, so arrival - finished_at is the delay itself.
 
-Run:  PYTHONPATH=src python bench/events.py [--jobs 100]
+Run:  PYTHONPATH=src python bench/events.py [--jobs 100] [--mode cluster]
 """
 
 from __future__ import annotations
@@ -95,37 +100,69 @@ def summary(name: str, values: list[float]) -> str:
     return f"| {name:<6} | {len(values):>4} | {statistics.median(values):>8.1f} | {p99:>8.1f} | {max(values):>8.1f} |"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=100)
-    args = parser.parse_args()
+def measure(clients: list[httpx.Client], receiver: Receiver, jobs: int) -> None:
+    """The idle and burst phases, submitting through `clients` in turn; prints the table."""
+    body = edit_body(receiver.url())
+    clients[0].post(f"/v1/models/{MODEL}", json=body).raise_for_status()  # warm-up: weights, first run
+    receiver.wait(1)
+    receiver.arrivals.clear()
 
-    receiver = Receiver()
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    def submit(n: int) -> str:
+        answer = clients[n % len(clients)].post(f"/v1/models/{MODEL}", json=body)
+        answer.raise_for_status()
+        return answer.json()["request_id"]
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print("job end (finished_at) -> completed webhook arrival, ms")
+    print("| phase  | jobs |      p50 |      p99 |      max |")
+    print("| ------ | ----:| --------:| --------:| --------:|")
+    idle = []
+    for n in range(jobs):
+        idle.append(submit(n))
+        receiver.wait(n + 1)
+    print(summary("idle", latencies_ms(receiver, idle)), flush=True)
+    burst = [submit(n) for n in range(jobs)]
+    receiver.wait(2 * jobs, timeout_s=60 + 20 * jobs)  # the worker runs them one by one
+    print(summary("burst", latencies_ms(receiver, burst)))
+
+
+def run_embedded(args: argparse.Namespace, receiver: Receiver) -> None:
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         proc, key = start_fluxedit(Path(tmp), port)
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}) as http:
-                body = edit_body(receiver.url())
-                http.post(f"/v1/models/{MODEL}", json=body).raise_for_status()  # warm-up: weights, first run
-                receiver.wait(1)
-                receiver.arrivals.clear()
-
-                print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
-                print("job end (finished_at) -> completed webhook arrival, ms")
-                print("| phase  | jobs |      p50 |      p99 |      max |")
-                print("| ------ | ----:| --------:| --------:| --------:|")
-                idle = []
-                for n in range(args.jobs):
-                    idle.append(http.post(f"/v1/models/{MODEL}", json=body).json()["request_id"])
-                    receiver.wait(n + 1)
-                print(summary("idle", latencies_ms(receiver, idle)), flush=True)
-                burst = [http.post(f"/v1/models/{MODEL}", json=body).json()["request_id"] for _ in range(args.jobs)]
-                receiver.wait(2 * args.jobs, timeout_s=60 + 20 * args.jobs)  # the worker runs them one by one
-                print(summary("burst", latencies_ms(receiver, burst)))
+                measure([http], receiver, args.jobs)
         finally:
             stop(proc)
+
+
+def run_cluster(args: argparse.Namespace, receiver: Receiver) -> None:
+    from _cluster import LoadSampler, running_cluster
+
+    with running_cluster([f"{MODEL}=tiny"], apis=args.apis) as cluster:
+        print(cluster.describe())
+        print("jobs submitted to the API processes in turn; webhooks sent by whichever API process claims the event")
+        with LoadSampler() as load:
+            clients = [cluster.client(n, timeout=5) for n in range(args.apis)]
+            try:
+                measure(clients, receiver, args.jobs)
+            finally:
+                for client in clients:
+                    client.close()
+    print(load.describe())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--mode", choices=("embedded", "cluster"), default="embedded")
+    parser.add_argument("--apis", type=int, default=2, help="--mode cluster: how many API processes")
+    args = parser.parse_args()
+
+    receiver = Receiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    (run_cluster if args.mode == "cluster" else run_embedded)(args, receiver)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 

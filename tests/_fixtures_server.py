@@ -10,11 +10,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+from httpx_sse import ServerSentEvent, connect_sse
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 KEY_LINE = re.compile(r"Created the first API key \(shown once, keep it\): (\S+)")
@@ -131,6 +133,29 @@ class LiveServer:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"{request_id} stayed {body} for {timeout} s")
                 time.sleep(0.05)
+
+
+def read_stream(
+    server: LiveServer,
+    request_id: str,
+    *,
+    key: str | None = None,
+    last_event_id: str | None = None,
+    stop_after: Callable[[ServerSentEvent], bool] | None = None,
+) -> list[ServerSentEvent]:
+    """The `status` and `result` events of the request's SSE stream on `server`, until it closes or `stop_after`."""
+    headers = server.headers(key) | ({"Last-Event-ID": last_event_id} if last_event_id else {})
+    events = []
+    with httpx.Client(base_url=server.base_url, timeout=60, verify=server.verify) as http:
+        with connect_sse(http, "GET", f"/v1/requests/{request_id}/stream", headers=headers) as source:
+            assert source.response.headers["content-type"].startswith("text/event-stream")
+            for event in source.iter_sse():
+                if event.event not in ("status", "result"):
+                    continue  # the keep-alive comment every 15 s
+                events.append(event)
+                if stop_after and stop_after(event):
+                    break
+    return events
 
 
 @pytest.fixture

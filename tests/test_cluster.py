@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from PIL import Image
 
 from _fixtures_cluster import Process, S3Server
-from _fixtures_server import LiveServer, fluxedit_env, run_cli
+from _fixtures_server import LiveServer, fluxedit_env, read_stream, run_cli
 from fluxedit.config import Settings
 from fluxedit.jobs.celery_app import queue_name, resend_queued
 from fluxedit.jobs.db import metadata, open_database
@@ -364,3 +364,50 @@ def test_twenty_webhooks_from_two_workers_are_each_sent_once_by_the_two_api_proc
         logs = [http.get(f"/v1/requests/{rid}/webhooks").json() for rid in ids]
     assert all(webhook_receiver.verify(h, secret)["type"] == "request.completed" for h in hooks)
     assert all([len(e["attempts"]) for e in log["events"]] == [1] for log in logs), "one attempt each"
+
+
+# --- events: the status stream and `Prefer: wait` ---------------------------------------------
+
+
+def test_stream_on_one_api_process_follows_a_job_submitted_to_the_other(cluster: Cluster) -> None:
+    # Both workers busy with a long job each, so the streamed one waits in the queue first;
+    # once the stream has shown that, the long jobs are cancelled to free the workers.
+    blockers = [cluster.submit(model, edit_body(steps=100), via=n) for n, model in enumerate((ALPHA, BETA))]
+    for rid in blockers:
+        assert cluster.wait_for(rid, {"in_progress", "completed", "failed"})["status"] == "in_progress"
+    request_id = cluster.submit(ALPHA, edit_body(steps=8), via=0)
+
+    def free_the_workers_once_queued(event) -> bool:
+        if event.json()["status"] == "in_queue":
+            with cluster.client(0) as http:
+                for rid in blockers:
+                    http.post(f"/v1/requests/{rid}/cancel")
+        return False  # read on to the end of the stream
+
+    events = read_stream(cluster.apis[1], request_id, key=cluster.api_key, stop_after=free_the_workers_once_queued)
+    bodies = [event.json() for event in events]
+    states = [body["status"] for body in bodies]
+    assert states[0] == "in_queue" and bodies[0]["queue_position"] == 0, states
+    assert "in_progress" in states, states
+    assert states[-1] == "completed" and events[-1].event == "result", states
+    assert [event.event for event in events[:-1]] == ["status"] * (len(events) - 1)
+    steps = [b["progress"]["step"] for b in bodies if b["status"] == "in_progress" and b["progress"]]
+    assert steps == sorted(steps), "steps only go forward"
+    assert len({event.id for event in events}) == len(events), "every event has its own id"
+    url = bodies[-1]["output"]["images"][0]
+    assert url.startswith(cluster.s3.endpoint_url), "the result event carries the job's result body"
+    assert Image.open(io.BytesIO(httpx.get(url).content)).size == (64, 64)
+    for rid in blockers:
+        assert cluster.wait_for(rid, {"completed", "failed", "cancelled"})["status"] == "cancelled"
+
+
+def test_prefer_wait_on_submit_answers_the_result_a_worker_made(cluster: Cluster) -> None:
+    with cluster.client(1) as http:
+        answer = http.post(f"/v1/models/{BETA}", json=edit_body(), headers={"Prefer": "wait=30"}, timeout=90)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["preference-applied"] == "wait=30"
+    result = answer.json()
+    assert result["status"] == "completed" and len(result["output"]["images"]) == 1, result
+    assert cluster.job_rows()[result["request_id"]].worker_id, "a Celery worker ran it"
+    image = Image.open(io.BytesIO(httpx.get(result["output"]["images"][0]).content))
+    assert (image.format, image.size) == ("JPEG", (64, 64))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from httpx_sse import connect_sse
 
 from _fixtures_images import png_bytes
+from _fixtures_server import read_stream
 from fluxedit import Client
 
 PRO = "blackforestlabs/flux-2/pro/edit"
@@ -39,21 +39,6 @@ def body(image_server, steps: int = 4) -> dict:
 def submit(server, payload: dict, **headers) -> httpx.Response:
     with server.client() as http:
         return http.post(f"/v1/models/{PRO}", json=payload, headers=headers, timeout=90)
-
-
-def read_stream(server, request_id: str, *, last_event_id: str | None = None, stop_after=None) -> list:
-    headers = server.headers() | ({"Last-Event-ID": last_event_id} if last_event_id else {})
-    events = []
-    with httpx.Client(base_url=server.base_url, timeout=60) as http:
-        with connect_sse(http, "GET", f"/v1/requests/{request_id}/stream", headers=headers) as source:
-            assert source.response.headers["content-type"].startswith("text/event-stream")
-            for event in source.iter_sse():
-                if event.event not in ("status", "result"):
-                    continue  # the keep-alive comment every 15 s
-                events.append(event)
-                if stop_after and stop_after(event):
-                    break
-    return events
 
 
 def test_stream_shows_queue_steps_and_result_then_closes(server, image_server) -> None:
