@@ -82,26 +82,33 @@ def queue_position(conn: sa.Connection, seq: int, key_id: str, model_id: str) ->
     served key, then the older job.
     """
     queued = _queued_per_key(conn, model_id, seq)
-    keys = _key_states(conn, set(queued), [model_id], None)
+    keys = _key_states(conn, set(queued), [model_id], None, with_last_started=False)
     if keys is None:
         return 0
     if key_id in keys.full or key_id not in queued:
         return sum(n for key, (n, _) in queued.items() if key not in keys.full)
     rank = queued[key_id][1]  # this job is its key's rank-th oldest queued one: round `rank`
-    mine = (-keys.priority.get(key_id, 0), _naive(keys.last_started.get(key_id)))
+    priority = keys.priority.get(key_id, 0)
     before = rank - 1
+    same_round = []  # other keys with a job in this job's round, at this job's priority
     for other, (count, _) in queued.items():
         if other == key_id or other in keys.full:
             continue
-        theirs = (-keys.priority.get(other, 0), _naive(keys.last_started.get(other)))
-        if theirs[0] != mine[0]:
-            before += count if theirs[0] < mine[0] else 0
+        theirs = keys.priority.get(other, 0)
+        if theirs != priority:
+            before += count if theirs > priority else 0
             continue
         before += min(count, rank - 1)  # their jobs of the earlier rounds
-        if count < rank:
-            continue  # no job in this job's round
+        if count >= rank:
+            same_round.append(other)
+    if not same_round:  # (one key queued, the common case: no more queries)
+        return before
+    last = _last_started(conn, [key_id, *same_round], [model_id])
+    mine = _naive(last.get(key_id))
+    for other in same_round:
         # Their job of this round goes first if they were served less recently, or on a tie, if older.
-        if theirs[1] < mine[1] or (theirs[1] == mine[1] and _nth_seq(conn, model_id, other, rank) < seq):
+        theirs = _naive(last.get(other))
+        if theirs < mine or (theirs == mine and _nth_seq(conn, model_id, other, rank) < seq):
             before += 1
     return before
 
@@ -162,12 +169,17 @@ class _KeyStates:
 
 
 def _key_states(
-    conn: sa.Connection, keys: set[str], ids: list[str], default_max_running: int | None
+    conn: sa.Connection,
+    keys: set[str],
+    ids: list[str],
+    default_max_running: int | None,
+    *,
+    with_last_started: bool = True,
 ) -> _KeyStates | None:
     if not keys:
         return None
     keys_ = sorted(keys)
-    last_started = _last_started(conn, keys_, ids)
+    last_started = _last_started(conn, keys_, ids) if with_last_started else {}
     limits = {r.key_id: r for r in conn.execute(sa.select(key_limits_table).where(_L.key_id.in_(keys_)))}
     # Every key's running jobs (few: one per worker), found from the state; filtering on the
     # keys here would let the planner walk each key's whole history instead.
