@@ -80,7 +80,10 @@ def test_prefer_wait_answers_the_result_in_one_request(server, image_server) -> 
 
 
 def test_prefer_wait_that_runs_out_answers_the_submit_body(server, image_server) -> None:
-    answer = submit(server, body(image_server, steps=60), Prefer="wait=1")
+    # A reference that takes 3 s to arrive: the job cannot end within the 1 s asked for, however fast the CPU.
+    image_server.add_slow("/events-slow.png", delay_s=3)
+    slow = {**body(image_server), "image_urls": [image_server.url("/events-slow.png")]}
+    answer = submit(server, slow, Prefer="wait=1")
     assert answer.status_code == 200 and "preference-applied" not in answer.headers
     submitted = answer.json()
     assert submitted["status"] in ("in_queue", "in_progress") and "output" not in submitted
