@@ -99,11 +99,14 @@ def test_a_verified_key_is_trusted_for_the_cache_time_then_read_again(tmp_path) 
     cache = KeyCache(keys.verify, ttl_s=2.0, clock=lambda: now[0])
     key_id, secret = keys.create("poller")
     try:
+        assert cache.cached(secret) is None, "never verified: nothing to answer without a read"
         assert cache.verify(secret) == key_id
         keys.revoke(key_id)
         now[0] += 1.9
         assert cache.verify(secret) == key_id  # within the 2 s it is trusted without a read
+        assert cache.cached(secret) == key_id
         now[0] += 0.2
+        assert cache.cached(secret) is None
         assert cache.verify(secret) is None  # past them, the revocation is seen
         assert cache.verify("fe_not-a-key") is None and cache.verify("") is None
     finally:

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fluxedit.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:  # async: no thread-pool round trip for a lookup
     return request.app.state.runtime
 
 

@@ -271,8 +271,12 @@ def list_requests(
 
 
 @router.get("/v1/requests/{request_id}/status", response_model=StatusResponse, tags=["requests"], responses=ERRORS)
-def status(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId) -> StatusResponse:
-    return StatusResponse(**_status_fields(request, runtime, own_job(request, request_id, key_id, status_only=True)))
+async def status(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId) -> StatusResponse:
+    # The hottest route: its reads in one thread-pool call, the rest on the event loop.
+    def read() -> dict:
+        return _status_fields(request, runtime, own_job(request, request_id, key_id, status_only=True))
+
+    return StatusResponse(**await run_in_threadpool(read))
 
 
 @router.get("/v1/requests/{request_id}/result", response_model=ResultResponse, tags=["requests"], responses=ERRORS)

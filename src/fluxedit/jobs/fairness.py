@@ -2,8 +2,7 @@
 
 One pure function decides it (`fair_order`), fed by one query (`fair_queue`): which job a
 free worker takes (`JobStore.claim_next`) and a page's queue positions. One job's position
-(`queue_position`, every status poll) is counted from per-key aggregates by the same rule,
-so that its cost does not grow with the queue's length; a test holds the two to agree.
+(every status poll) is counted by the same rule in `fluxedit.jobs.position`.
 """
 
 from __future__ import annotations
@@ -39,11 +38,11 @@ def fair_order(queued: Iterable[Queued], last_started: dict[str, datetime], prio
     for job in sorted(queued, key=lambda j: j.seq):
         rank[job.key_id] = rank.get(job.key_id, 0) + 1
         since = last_started.get(job.key_id)
-        keyed.append(((-priority.get(job.key_id, 0), rank[job.key_id], _naive(since), job.seq), job))
+        keyed.append(((-priority.get(job.key_id, 0), rank[job.key_id], naive(since), job.seq), job))
     return [job for _, job in sorted(keyed, key=lambda pair: pair[0])]
 
 
-def _naive(moment: datetime | None) -> datetime:
+def naive(moment: datetime | None) -> datetime:
     # Compared with NEVER, which has no zone; the store's times are all UTC.
     return NEVER if moment is None else moment.replace(tzinfo=None)
 
@@ -73,70 +72,7 @@ def fair_queue(
     return fair_order([q for q in queued if q.key_id not in keys.full], keys.last_started, keys.priority)
 
 
-def queue_position(conn: sa.Connection, seq: int, key_id: str, model_id: str) -> int:
-    """How many in_queue jobs of `model_id` start before the queued job `seq` of `key_id`: its
-    index in `fair_queue(conn, [model_id])`, or that queue's length when its key is full.
-
-    Counted from per-key aggregates (an index-only scan) instead of ordering the whole queue,
-    following `fair_order`'s rule: higher priority first, then rounds, then the least recently
-    served key, then the older job.
-    """
-    queued = _queued_per_key(conn, model_id, seq)
-    keys = _key_states(conn, set(queued), [model_id], None, with_last_started=False)
-    if keys is None:
-        return 0
-    if key_id in keys.full or key_id not in queued:
-        return sum(n for key, (n, _) in queued.items() if key not in keys.full)
-    rank = queued[key_id][1]  # this job is its key's rank-th oldest queued one: round `rank`
-    priority = keys.priority.get(key_id, 0)
-    before = rank - 1
-    same_round = []  # other keys with a job in this job's round, at this job's priority
-    for other, (count, _) in queued.items():
-        if other == key_id or other in keys.full:
-            continue
-        theirs = keys.priority.get(other, 0)
-        if theirs != priority:
-            before += count if theirs > priority else 0
-            continue
-        before += min(count, rank - 1)  # their jobs of the earlier rounds
-        if count >= rank:
-            same_round.append(other)
-    if not same_round:  # (one key queued, the common case: no more queries)
-        return before
-    last = _last_started(conn, [key_id, *same_round], [model_id])
-    mine = _naive(last.get(key_id))
-    for other in same_round:
-        # Their job of this round goes first if they were served less recently, or on a tie, if older.
-        theirs = _naive(last.get(other))
-        if theirs < mine or (theirs == mine and _nth_seq(conn, model_id, other, rank) < seq):
-            before += 1
-    return before
-
-
-def _queued_per_key(conn: sa.Connection, model_id: str, seq: int) -> dict[str, tuple[int, int]]:
-    """key id -> (its in_queue jobs of `model_id`, how many of them are at or before `seq`)."""
-    at_or_before = sa.func.sum(sa.case((_J.seq <= seq, 1), else_=0))
-    query = (
-        sa.select(_J.key_id, sa.func.count(), at_or_before)
-        .where(_J.state == JobState.in_queue.value, _J.model_id == model_id)
-        .group_by(_J.key_id)
-    )
-    return {key: (int(count), int(upto or 0)) for key, count, upto in conn.execute(query)}
-
-
-def _nth_seq(conn: sa.Connection, model_id: str, key_id: str, n: int) -> int:
-    """The seq of `key_id`'s n-th oldest in_queue job of `model_id` (n from 1)."""
-    query = (
-        sa.select(_J.seq)
-        .where(_J.state == JobState.in_queue.value, _J.model_id == model_id, _J.key_id == key_id)
-        .order_by(_J.seq)
-        .offset(n - 1)
-        .limit(1)
-    )
-    return int(conn.execute(query).scalar_one())
-
-
-def _last_started(conn: sa.Connection, keys: list[str], model_ids: list[str]) -> dict[str, datetime]:
+def last_started(conn: sa.Connection, keys: list[str], model_ids: list[str]) -> dict[str, datetime]:
     """When each key last had a job of `model_ids` start (keys never served are left out).
 
     One index lookup per key and model (`ix_jobs_key_started`), not a scan of each key's
@@ -173,13 +109,11 @@ def _key_states(
     keys: set[str],
     ids: list[str],
     default_max_running: int | None,
-    *,
-    with_last_started: bool = True,
 ) -> _KeyStates | None:
     if not keys:
         return None
     keys_ = sorted(keys)
-    last_started = _last_started(conn, keys_, ids) if with_last_started else {}
+    started = last_started(conn, keys_, ids)
     limits = {r.key_id: r for r in conn.execute(sa.select(key_limits_table).where(_L.key_id.in_(keys_)))}
     # Every key's running jobs (few: one per worker), found from the state; filtering on the
     # keys here would let the planner walk each key's whole history instead.
@@ -195,7 +129,7 @@ def _key_states(
         if cap is not None and running.get(key, 0) >= cap:
             full.add(key)
     return _KeyStates(
-        last_started=last_started,
+        last_started=started,
         priority={k: r.priority for k, r in limits.items() if r.priority is not None},
         full=full,
     )

@@ -31,16 +31,23 @@ class KeyCache:
         self._known: dict[str, tuple[str, float]] = {}  # sha256 of the secret -> (key id, valid until)
         self._lock = threading.Lock()
 
+    def cached(self, secret: str) -> str | None:
+        """The key id `verify` would answer, when it is remembered and fresh; None: ask `verify`.
+        Reads no database, so an async caller need not leave its event loop for it."""
+        if self._ttl_s <= 0 or not secret or len(secret) > 512:
+            return None
+        with self._lock:
+            known = self._known.get(_digest(secret))
+        return known[0] if known is not None and known[1] > self._clock() else None
+
     def verify(self, secret: str) -> str | None:
         """The key id of an active key's secret, else None; at most `ttl_s` old."""
         if self._ttl_s <= 0 or not secret or len(secret) > 512:
             return self._verify(secret)  # (which refuses an empty or oversized secret)
-        digest = hashlib.sha256(secret.encode()).hexdigest()
-        now = self._clock()
-        with self._lock:
-            known = self._known.get(digest)
-        if known is not None and known[1] > now:
-            return known[0]
+        known = self.cached(secret)
+        if known is not None:
+            return known
+        digest, now = _digest(secret), self._clock()
         key_id = self._verify(secret)
         with self._lock:
             if key_id is None:
@@ -50,3 +57,7 @@ class KeyCache:
                     self._known.clear()  # rare: more live keys than this in one process
                 self._known[digest] = (key_id, now + self._ttl_s)
         return key_id
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()

@@ -24,9 +24,10 @@ from fluxedit.errors import InvalidInput, NotFound
 from fluxedit.jobs import outbox
 from fluxedit.jobs.db import jobs_table, utc_now
 from fluxedit.jobs.errors import IdempotencyConflict, JobConflict, QueueFull
-from fluxedit.jobs.fairness import Queued, fair_queue, queue_position
+from fluxedit.jobs.fairness import Queued, fair_queue
 from fluxedit.jobs.job import Job
 from fluxedit.jobs.leases import Leases
+from fluxedit.jobs.position import queue_position
 from fluxedit.jobs.state import JobState
 from fluxedit.jobs.store_base import CLAIM_RETRIES
 from fluxedit.storage.signing import without_signatures
@@ -53,6 +54,8 @@ def _decode_cursor(cursor: str) -> int:
 
 _J = jobs_table.c
 _STATUS_COLUMNS = [column for column in jobs_table.c if column.name not in ("input", "outputs", "timings")]
+# Built once: a status poll binds two values instead of building (and coercing) a new statement.
+_GET_STATUS = sa.select(*_STATUS_COLUMNS).where(_J.id == sa.bindparam("job_id"), _J.key_id == sa.bindparam("key_id"))
 
 
 class JobStore(Leases):
@@ -165,9 +168,8 @@ class JobStore(Leases):
     def get_status(self, job_id: str, key_id: str) -> Job | None:
         """This key's job as a status answer needs it: its input and outputs (which may be
         large) are not read, and are left empty."""
-        query = sa.select(*_STATUS_COLUMNS).where(_J.id == job_id, _J.key_id == key_id)
         with self._read() as conn:
-            row = conn.execute(query).one_or_none()
+            row = conn.execute(_GET_STATUS, {"job_id": job_id, "key_id": key_id}).one_or_none()
         return Job.from_row(row, input={}) if row else None
 
     def list_jobs(self, key_id: str, limit: int = 20, cursor: str | None = None) -> tuple[list[Job], str | None]:
@@ -183,7 +185,7 @@ class JobStore(Leases):
 
     def queue_position(self, job: Job) -> int:
         """How many in_queue jobs of the same model start before `job` (0: next), in the fair
-        order of `fluxedit.jobs.fairness`. Meant for in_queue jobs."""
+        order of `fluxedit.jobs.fairness`, counted as `fluxedit.jobs.position` says. Meant for in_queue jobs."""
         with self._read() as conn:
             return queue_position(conn, job.seq, job.key_id, job.model_id)
 
