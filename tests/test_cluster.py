@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 ALPHA = "test/alpha/edit"
 BETA = "test/beta/edit"
 MODEL_FLAGS = ["--model", f"{ALPHA}=tiny", "--model", f"{BETA}=tiny"]
-HEAD_REVISION = "0005"  # the newest file in src/fluxedit/jobs/migrations/versions/
+HEAD_REVISION = "0006"  # the newest file in src/fluxedit/jobs/migrations/versions/
 
 
 def _reference() -> str:

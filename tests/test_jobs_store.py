@@ -125,7 +125,6 @@ def test_queue_is_fifo_per_model_and_positions_fall(job_store: JobStore) -> None
     assert positions == [0, 1, 2]
     assert job_store.queue_position(job_store.get(other)) == 0
     assert job_store.queued_count(MODEL) == 3
-    assert job_store.queued_count(MODEL, up_to=2) == 2  # a submit's check stops at the limit
     assert job_store.queued_counts() == {MODEL: 3, OTHER_MODEL: 1}
 
     assert job_store.claim_next([MODEL], "w", 60).id == first
@@ -436,3 +435,38 @@ def test_keys_cli_on_a_fresh_data_dir(tmp_path: Path) -> None:
     key_id = listed.stdout.split()[0]
     assert run_cli("keys", "revoke", key_id, data_dir=data_dir).returncode == 0
     assert KeyStore(f"sqlite:///{data_dir / 'fluxedit.db'}").verify(secret) is None
+
+
+def test_queue_counters_follow_every_change_of_a_jobs_state(job_store: JobStore) -> None:
+    # The counters a submit and a status poll read (kept by triggers) against a real count,
+    # after each kind of change: submit, claim, finish, cancel, release, lease expiry, delete.
+    def counters() -> dict:
+        with job_store.engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT model_id, key_id, queued FROM queue_counts WHERE queued <> 0"))
+            return {(m, k): n for m, k, n in rows}
+
+    def counted() -> dict:
+        with job_store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT model_id, key_id, count(*) FROM jobs WHERE state = 'in_queue' GROUP BY model_id, key_id"
+                )
+            )
+            return {(m, k): n for m, k, n in rows}
+
+    for key, model in [("key-a", MODEL)] * 4 + [("key-b", MODEL)] * 2 + [("key-a", OTHER_MODEL)] * 2:
+        submit(job_store, key, model)
+    assert counters() == counted() == {(MODEL, "key-a"): 4, (MODEL, "key-b"): 2, (OTHER_MODEL, "key-a"): 2}
+    running = [job_store.claim_next([MODEL], f"w{n}", lease_s=60) for n in range(4)]
+    job_store.complete(running[0].id, "w0", [], None, None, None, None)
+    job_store.fail(running[1].id, "w1", "x", "no")
+    job_store.release(running[2].id, "w2")  # back to the queue
+    job_store.cancel(submit(job_store, "key-b", OTHER_MODEL), "key-b")
+    assert counters() == counted()
+    job_store.recover_expired(max_attempts=5, now=datetime.now(UTC) + timedelta(hours=1))  # w3's job requeued
+    assert counters() == counted() and sum(counted().values()) == 6
+    with job_store.engine.begin() as conn:  # an operator's clean-up by hand
+        conn.execute(sa.text("DELETE FROM jobs WHERE key_id = 'key-b'"))
+    assert counters() == counted()
+    assert job_store.queued_counts() == {MODEL: 3, OTHER_MODEL: 2}
+    assert job_store.queued_count_for_key("key-a") == 5

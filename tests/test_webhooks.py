@@ -28,7 +28,7 @@ from fluxedit.webhooks.deliverer import Deliverer
 from fluxedit.webhooks.sender import Delivery, post
 
 # The newest migration (src/fluxedit/jobs/migrations/versions/); test_cluster.py checks it too.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 MODEL = "blackforestlabs/flux-2/klein-4b/edit"
 RETRY_S = 0.3
@@ -382,7 +382,7 @@ def test_keys_create_prints_the_webhook_secret_beside_the_key(server):
 
 
 def _database_at_0001(url: str) -> None:
-    """A database as release 0001 made it, with one key and one job in it."""
+    """A database as release 0001 made it, with one key, a finished job and a queued one."""
     from alembic import command
     from alembic.config import Config
 
@@ -404,6 +404,12 @@ def _database_at_0001(url: str) -> None:
                 "VALUES ('j1', 'k1', 'm', 'completed', '{\"prompt\": \"p\"}', CURRENT_TIMESTAMP, 1, false)"
             )
         )
+        conn.execute(
+            sa.text(
+                "INSERT INTO jobs (id, key_id, model_id, state, input, created_at, attempts, cancel_requested) "
+                "VALUES ('j2', 'k1', 'm', 'in_queue', '{\"prompt\": \"q\"}', CURRENT_TIMESTAMP, 0, false)"
+            )
+        )
     engine.dispose()
 
 
@@ -416,10 +422,12 @@ def _assert_upgraded(url: str) -> None:
         assert secret.startswith("whsec_") and len(secret) > 40
         job = store.get("j1")
         assert job.input == {"prompt": "p"} and job.webhook_url is None
+        assert store.queued_count("m") == 1, "the queue counted at the upgrade"
         made = store.submit(
             "k1", "m", {"prompt": "new"}, max_queued=5, webhook=Webhook("https://h.example/", format="bfl", secret="s")
         )
         assert (made.webhook_url, made.webhook_format, made.webhook_secret) == ("https://h.example/", "bfl", "s")
+        assert store.queued_count("m") == store.queued_count_for_key("k1") == 2, "and kept since"
         indexes = {index["name"] for index in sa.inspect(store.engine).get_indexes("jobs")}
         assert {"ix_jobs_queue_key", "ix_jobs_key_started"} <= indexes, "the queue's counting indexes"
     finally:

@@ -148,6 +148,18 @@ key_limits_table = sa.Table(
     sa.Column("priority", sa.Integer),
 )
 
+# How many in_queue jobs each key has of each model, kept by triggers on `jobs`
+# (fluxedit.jobs.queue_counts): a submit's queue check and a status poll read a few
+# counters instead of counting a queue that may be 100k jobs long.
+queue_counts_table = sa.Table(
+    "queue_counts",
+    metadata,
+    sa.Column("model_id", sa.String(200), primary_key=True),
+    sa.Column("key_id", sa.String(64), primary_key=True),
+    sa.Column("queued", sa.Integer, nullable=False),
+    sa.Index("ix_queue_counts_key", "key_id"),
+)
+
 
 def open_database(database_url: str) -> Engine:
     """A SQLAlchemy engine for `database_url`, set up for several threads and processes.
@@ -256,12 +268,17 @@ class Database:
 
         (On PostgreSQL, Alembic's revisions change existing tables: see fluxedit.jobs.migrate.)
         """
+        from fluxedit.jobs.queue_counts import install_queue_counts
+
         with self._write() as conn:
             lock_schema(conn)
+            counted = sa.inspect(conn).has_table(queue_counts_table.name)
             metadata.create_all(conn)
             if conn.dialect.name == "sqlite":
                 _add_missing_columns(conn)
                 _add_missing_indexes(conn)
+            if not counted:  # a new database, or one from before the counters: triggers, then a count
+                install_queue_counts(conn)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from fluxedit.errors import InvalidInput, NotFound
 from fluxedit.jobs import outbox
-from fluxedit.jobs.db import jobs_table, utc_now
+from fluxedit.jobs.db import jobs_table, queue_counts_table, utc_now
 from fluxedit.jobs.errors import IdempotencyConflict, JobConflict, QueueFull
 from fluxedit.jobs.fairness import Queued, fair_queue
 from fluxedit.jobs.job import Job
@@ -53,6 +53,7 @@ def _decode_cursor(cursor: str) -> int:
 
 
 _J = jobs_table.c
+_QC = queue_counts_table.c
 _STATUS_COLUMNS = [column for column in jobs_table.c if column.name not in ("input", "outputs", "timings")]
 # Built once: a status poll binds two values instead of building (and coercing) a new statement.
 _GET_STATUS = sa.select(*_STATUS_COLUMNS).where(_J.id == sa.bindparam("job_id"), _J.key_id == sa.bindparam("key_id"))
@@ -92,7 +93,7 @@ class JobStore(Leases):
             existing = self._by_idempotency_key(key_id, idempotency_key)
             if existing is not None:
                 return self._same_request(existing, model_id, input)
-        queued = self.queued_count(model_id, up_to=max_queued)
+        queued = self.queued_count(model_id)
         if queued >= max_queued:
             retry = self._retry_after_s(model_id)
             raise QueueFull(
@@ -208,27 +209,26 @@ class JobStore(Leases):
         with self._read() as conn:
             return fair_queue(conn, model_ids, default_max_running=default_max_running)
 
-    def queued_count(self, model_id: str, *, up_to: int | None = None) -> int:
-        """`model_id`'s in_queue jobs; with `up_to`, counting stops there (a submit only needs
-        to know whether the limit is reached: its cost is bounded by the limit, not the queue)."""
-        queued = sa.select(sa.literal(1)).where(_J.state == JobState.in_queue.value, _J.model_id == model_id)
-        if up_to is not None:
-            queued = queued.limit(up_to)
-        query = sa.select(sa.func.count()).select_from(queued.subquery())
-        with self._read() as conn:
-            return int(conn.execute(query).scalar_one())
+    # The counts below read `queue_counts`, which triggers keep (fluxedit.jobs.queue_counts):
+    # a few rows per model or key, however long the queue.
+
+    def queued_count(self, model_id: str) -> int:
+        """`model_id`'s in_queue jobs."""
+        return self._sum_queued(_QC.model_id == model_id)
 
     def queued_counts(self) -> dict[str, int]:
         """Model id -> its in_queue jobs, for every model with any: one query."""
-        query = sa.select(_J.model_id, sa.func.count()).where(_J.state == JobState.in_queue.value).group_by(_J.model_id)
+        query = sa.select(_QC.model_id, sa.func.sum(_QC.queued)).group_by(_QC.model_id)
         with self._read() as conn:
-            return {model_id: int(count) for model_id, count in conn.execute(query)}
+            return {model_id: int(count) for model_id, count in conn.execute(query) if count}
 
     def queued_count_for_key(self, key_id: str) -> int:
         """This key's in_queue jobs, all models together (its max_queued limit)."""
-        query = sa.select(sa.func.count()).where(_J.state == JobState.in_queue.value, _J.key_id == key_id)
+        return self._sum_queued(_QC.key_id == key_id)
+
+    def _sum_queued(self, which: sa.ColumnElement[bool]) -> int:
         with self._read() as conn:
-            return int(conn.execute(query).scalar_one())
+            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(_QC.queued), 0)).where(which)).scalar_one())
 
     def queued_jobs(self) -> list[tuple[str, str]]:
         """(id, model_id) of every in_queue job, oldest first."""
