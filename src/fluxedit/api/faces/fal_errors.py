@@ -1,7 +1,7 @@
 """Errors as fal's apps answer them: `{"detail": "a sentence"}`, or for bad input
 `{"detail": [{"loc": [...], "msg": ..., "type": ...}]}` (FastAPI's form, which fal's apps use).
 
-`FalRoute` renders every error a /fal route raises this way, so fal's client reports
+`FalRoute` (a `face_route`) renders every error a /fal route raises this way, so fal's client reports
 the sentence (FalClientHTTPError's message is the body's `detail`).
 """
 
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import re
 
-from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
+from fluxedit.api.faces.errors import face_route
 from fluxedit.errors import FluxeditError
 from fluxedit.jobs.job import Job
 from fluxedit.jobs.state import JobState
@@ -74,20 +73,11 @@ def from_job(job: Job) -> JSONResponse:
     return detail(status, job.error_message or "The request failed.", error_type=code)
 
 
-class FalRoute(APIRoute):
-    """A route whose errors are fal's, not the native envelope."""
+def from_invalid(exc: RequestValidationError | ValidationError) -> JSONResponse:
+    if isinstance(exc, RequestValidationError):
+        return invalid(list(exc.errors()))
+    return invalid(exc.errors(), prefix=("body",))  # the translated input, checked against the native schema
 
-    def get_route_handler(self):
-        handler = super().get_route_handler()
 
-        async def fal_handler(request: Request):
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                return invalid(list(exc.errors()))
-            except ValidationError as exc:  # the translated input, checked against the native schema
-                return invalid(exc.errors(), prefix=("body",))
-            except FluxeditError as exc:
-                return from_error(exc)
-
-        return fal_handler
+# A route whose errors are fal's, not the native envelope.
+FalRoute = face_route(lambda _request, exc: from_error(exc), invalid=from_invalid)
