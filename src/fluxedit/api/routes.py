@@ -18,7 +18,7 @@ from fluxedit.api.deps import RuntimeDep
 from fluxedit.api.events import stream_response, wait_seconds, wait_until_finished
 from fluxedit.api.faces.fal_apps import apps_of
 from fluxedit.api.inline import store_inline_images
-from fluxedit.api.lean_json import LeanJSONRoute
+from fluxedit.api.lean_json import LeanJSONRoute, spooled_images
 from fluxedit.api.webhooks import WEBHOOK_BODY_DOC, RequestedWebhook
 from fluxedit.engines.capabilities import capabilities_of
 from fluxedit.errors import FluxeditError, InvalidInput, NotFound
@@ -220,6 +220,7 @@ def queue_job(
         storage=runtime.storage,
         max_bytes=runtime.settings.max_image_bytes,
         url_for=lambda key: _issued_url(request, key),
+        spooled=spooled_images(request),
     )
     del body  # the data: URIs it may hold are stored now; only their URLs go on
     job = runtime.store.submit(
