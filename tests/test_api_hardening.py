@@ -92,6 +92,21 @@ def test_files_are_served_with_nosniff(tiny_server):
     assert served.headers["x-content-type-options"] == "nosniff"
 
 
+def test_files_are_served_with_the_type_they_were_stored_with(tiny_server):
+    from fluxedit.config import Settings
+    from fluxedit.storage import open_storage
+
+    # The server's own storage (same directory, same signing secret), as a worker would write to it.
+    storage = open_storage(Settings(data_dir=tiny_server.data_dir))
+    storage.put("outputs/typed/0.png", png_bytes(), "image/png")  # the type its name implies: no sidecar
+    storage.put("outputs/typed/1.png", b"RIFF....WEBP", "image/webp")  # another type: kept beside it
+    with tiny_server.client() as http:
+        implied = http.get(storage.url("outputs/typed/0.png", tiny_server.base_url))
+        stored = http.get(storage.url("outputs/typed/1.png", tiny_server.base_url))
+    assert implied.status_code == 200 and implied.headers["content-type"] == "image/png"
+    assert stored.status_code == 200 and stored.headers["content-type"] == "image/webp"
+
+
 def test_guessing_request_ids_is_bounded_per_key_but_known_ids_never_are(start_server):
     from _fixtures_server import run_cli
 

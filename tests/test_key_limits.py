@@ -11,6 +11,7 @@ from _fixtures_images import png_bytes
 from _fixtures_server import run_cli
 from fluxedit.jobs.key_cache import KeyCache
 from fluxedit.jobs.keys import KeyStore
+from fluxedit.jobs.limits_cache import LimitsCache
 
 PRO = "blackforestlabs/flux-2/pro/edit"
 
@@ -111,3 +112,56 @@ def test_a_verified_key_is_trusted_for_the_cache_time_then_read_again(tmp_path) 
         assert cache.verify("fe_not-a-key") is None and cache.verify("") is None
     finally:
         keys.dispose()
+
+
+def test_a_keys_limits_are_read_again_only_after_the_cache_time(tmp_path) -> None:
+    keys = KeyStore(f"sqlite:///{tmp_path}/keys.db")
+    keys.create_schema()
+    now = [100.0]
+    reads: list[str] = []
+
+    def read(key_id: str):
+        reads.append(key_id)
+        return keys.limits_of(key_id)
+
+    cache = LimitsCache(read, ttl_s=2.0, clock=lambda: now[0])
+    key_id, _ = keys.create("batch")
+    try:
+        keys.set_limits(key_id, max_queued=10)
+        assert cache.limits_of(key_id).max_queued == 10
+        keys.set_limits(key_id, max_queued=50)
+        now[0] += 1.9
+        assert cache.limits_of(key_id).max_queued == 10  # within the 2 s: no read, the old limit
+        now[0] += 0.2
+        assert cache.limits_of(key_id).max_queued == 50  # past them, the change is seen
+        assert reads == [key_id, key_id]
+        assert LimitsCache(keys.limits_of, ttl_s=0).limits_of(key_id).max_queued == 50  # 0: no cache
+    finally:
+        keys.dispose()
+
+
+def test_a_limit_raised_with_keys_update_holds_on_a_running_server_within_the_cache_time(
+    tmp_path, start_server, image_server
+) -> None:
+    image_server.add("/limits-ref.png", png_bytes((96, 64)), "image/png")
+    a = create_key(tmp_path, "batch", "--max-queued", "1")
+    server = start_server("--model", "tiny", "--no-workers", data_dir=tmp_path, fetch_allow='["127.0.0.1"]')
+    assert [submit(server, a, image_server).status_code for _ in range(2)] == [200, 429]
+    key_id = run_cli("keys", "list", data_dir=tmp_path).stdout.split()[0]
+    assert run_cli("keys", "update", key_id, "--max-queued", "5", data_dir=tmp_path).returncode == 0
+    # The server reads a key's limits at most FLUXEDIT_KEY_CACHE_S (2 s) ago: the new one holds within that.
+    deadline = time.monotonic() + 2 + 5  # + room for a loaded machine
+    while (answer := submit(server, a, image_server)).status_code == 429 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert answer.status_code == 200, answer.text
+
+
+def test_the_limits_cache_is_bounded_in_entries(monkeypatch) -> None:
+    from fluxedit.jobs import limits_cache
+    from fluxedit.jobs.key_limits import KeyLimits
+
+    monkeypatch.setattr(limits_cache, "MAX_ENTRIES", 3)
+    cache = LimitsCache(lambda key_id: KeyLimits(), ttl_s=60.0)
+    for n in range(10):
+        cache.limits_of(f"key{n}")
+        assert len(cache._known) <= 3

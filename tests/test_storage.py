@@ -83,6 +83,46 @@ def test_put_file_stores_a_stream_read_in_pieces(local: LocalStorage) -> None:
     assert local.content_type("uploads/k1/big.png") == "image/png"
 
 
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_local_put_of_the_type_its_name_implies_is_one_file(local: LocalStorage) -> None:
+    local.put("inputs/job1/0.png", PNG, "image/png")
+    assert _files(local.root) == ["inputs/job1/0.png"]  # no .types sidecar: one file, one fsync
+    assert local.content_type("inputs/job1/0.png") == "image/png"
+
+
+def test_local_put_of_another_type_keeps_a_sidecar_and_a_later_put_never_leaves_it_stale(
+    local: LocalStorage,
+) -> None:
+    local.put("uploads/k1/a.png", b"webp bytes", "image/webp")
+    assert _files(local.root) == [".types/uploads/k1/a.png", "uploads/k1/a.png"]
+    assert local.content_type("uploads/k1/a.png") == "image/webp"
+    local.put("uploads/k1/a.png", PNG, "image/png")  # now the type its name implies: the sidecar goes
+    assert _files(local.root) == ["uploads/k1/a.png"]
+    assert local.content_type("uploads/k1/a.png") == "image/png"
+    local.put("uploads/k1/a.png", b"jpeg bytes", "image/jpeg")
+    local.put("uploads/k1/a.png", b"webp bytes", "image/webp")  # rewritten, not kept from before
+    assert local.content_type("uploads/k1/a.png") == "image/webp"
+
+
+def test_local_delete_and_sweep_leave_no_sidecar_and_need_none(local: LocalStorage) -> None:
+    local.put("outputs/job1/0.png", PNG, "image/png")
+    local.put("outputs/job1/1.png", b"webp bytes", "image/webp")
+    local.delete("outputs/job1/0.png")  # no sidecar to remove: no error
+    local.delete("outputs/job1/1.png")
+    assert _files(local.root) == []
+    local.put("outputs/old/0.png", PNG, "image/png")
+    local.put("outputs/old/1.png", b"webp bytes", "image/webp")
+    two_hours_ago = time.time() - 7200
+    for path in local.root.rglob("*"):
+        if path.is_file():
+            os.utime(path, (two_hours_ago, two_hours_ago))
+    assert local.sweep(3600) == 2
+    assert _files(local.root) == []
+
+
 def test_local_missing_and_delete(local: LocalStorage) -> None:
     with pytest.raises(FileNotFoundError):
         local.get("outputs/none/0.png")

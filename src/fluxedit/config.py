@@ -52,7 +52,10 @@ class Settings(BaseSettings):
         2.0,
         ge=0,
         le=60,
-        description="How long an API process trusts a key it verified: a revoked key works at most this long (0: never cached).",
+        description=(
+            "How long an API process trusts a key it verified and the limits it read for a key: a revoked key "
+            "works, and a key's old limits hold, at most this long (0: never cached)."
+        ),
     )
     max_streams_per_key: int = Field(8, ge=1, description="Open status streams per API key and API process.")
     replicate_models: dict[str, str] = Field(

@@ -29,6 +29,7 @@ from fluxedit.engines.registry import describe_source, make_engine, model_pairs
 from fluxedit.jobs.dispatch import Dispatcher, LocalDispatcher
 from fluxedit.jobs.key_cache import KeyCache
 from fluxedit.jobs.keys import WEBHOOK_SECRET_PREFIX, KeyStore
+from fluxedit.jobs.limits_cache import LimitsCache
 from fluxedit.jobs.migrate import upgrade_database
 from fluxedit.jobs.outbox import Outbox, OutboxEvent
 from fluxedit.jobs.store import JobStore
@@ -92,6 +93,7 @@ class Runtime:
     store: JobStore
     keys: KeyStore
     key_cache: KeyCache
+    key_limits: LimitsCache  # each key's limits as set, read at most Settings.key_cache_s ago
     signer: UrlSigner
     storage: Storage
     outbox: Outbox
@@ -163,6 +165,7 @@ def open_runtime(
         store=store,
         keys=keys,
         key_cache=KeyCache(keys.verify, ttl_s=settings.key_cache_s),
+        key_limits=LimitsCache(keys.limits_of, ttl_s=settings.key_cache_s),
         signer=signer,
         storage=open_storage(settings, signer),
         outbox=Outbox(store.engine),

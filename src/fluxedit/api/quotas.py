@@ -25,7 +25,7 @@ class KeyLimited(FluxeditError):
 
 
 class KeyQuota:
-    """Checks a key's submit against its limits (KeyStore.limits_of, defaults from Settings).
+    """Checks a key's submit against its limits (Runtime.key_limits, defaults from Settings).
 
     Only this key is refused: other keys' submits and jobs are untouched. Thread-safe.
     """
@@ -37,7 +37,7 @@ class KeyQuota:
         self._lock = threading.Lock()
 
     def check_submit(self, key_id: str) -> None:
-        limits = self._runtime.keys.limits_of(key_id).with_defaults(self._runtime.settings)
+        limits = self._runtime.key_limits.limits_of(key_id).with_defaults(self._runtime.settings)
         if limits.requests_per_minute is not None:
             self._count_request(key_id, limits.requests_per_minute)
         if limits.max_queued is not None:

@@ -44,7 +44,6 @@ from fluxedit.schema import (
     StorageHealth,
     SubmitResponse,
 )
-from fluxedit.storage import guess_content_type
 from fluxedit.storage.space import InsufficientStorage
 
 router = APIRouter()
@@ -352,7 +351,8 @@ def serve_file(runtime: RuntimeDep, key: str, expires: int = 0, sig: str = "") -
         raise NotFound("This file link is not valid or has expired.")
     try:
         data = runtime.storage.get(key)
+        content_type = runtime.storage.content_type(key)  # as stored: a name need not imply its type
     except FileNotFoundError:
         raise NotFound("This file has expired and was removed.") from None
     headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
-    return Response(data, media_type=guess_content_type(key), headers=headers)
+    return Response(data, media_type=content_type, headers=headers)

@@ -42,9 +42,14 @@ def check_key(key: str) -> str:
     return key
 
 
+# Python's own table, not the host's /etc/mime.types: LocalStorage stores no type a key's name
+# implies, so every process sharing a files directory must read the same type from the same name.
+_BUILTIN_TYPES = mimetypes.MimeTypes()
+
+
 def guess_content_type(key: str) -> str:
     """The content type for a key from its extension (application/octet-stream if unknown)."""
-    return mimetypes.guess_type(key, strict=False)[0] or "application/octet-stream"
+    return _BUILTIN_TYPES.guess_type(key, strict=False)[0] or "application/octet-stream"
 
 
 @runtime_checkable

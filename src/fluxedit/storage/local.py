@@ -16,13 +16,15 @@ from fluxedit.storage.base import check_key, guess_content_type
 from fluxedit.storage.signing import UrlSigner
 from fluxedit.storage.space import is_no_room, no_room
 
-# Content types live in a parallel hidden tree; keys cannot start with ".", so no clash.
+# Content types live in a parallel hidden tree; keys cannot start with ".", so no clash. Only a type
+# other than the key's name implies gets a file there: the common put (x.png as image/png) is one
+# file and one fsync, not two.
 _TYPES_DIR = ".types"
 _PROBE_BYTES = 4096  # a page: a full disk refuses even that
 
 
 class LocalStorage:
-    """Objects as files under `root`; content types kept in `root/.types/<key>`."""
+    """Objects as files under `root`; a content type the key's name does not imply kept in `root/.types/<key>`."""
 
     def __init__(self, root: Path, signer: UrlSigner) -> None:
         self.root = Path(root)
@@ -40,8 +42,14 @@ class LocalStorage:
     def put_file(self, key: str, file: BinaryIO, content_type: str) -> None:
         type_path, path = self._type_path(key), self._path(key)
         with self._no_room_is_507():
-            _write_atomic(type_path, io.BytesIO(content_type.encode()))
+            if content_type != guess_content_type(key):
+                _write_atomic(type_path, io.BytesIO(content_type.encode()))
+                _write_atomic(path, file)
+                return
             _write_atomic(path, file)
+            # A put over a key once stored with another type: its sidecar would now lie. Removed after
+            # the object is in place, so a failed (e.g. full-disk) put leaves the old pair consistent.
+            type_path.unlink(missing_ok=True)
 
     def check_writable(self) -> None:
         """Write (and remove) a small probe file: a full or read-only disk refuses it."""
