@@ -180,9 +180,9 @@ def test_an_idempotent_replay_of_a_re_signed_file_url_is_the_same_request(job_st
 def test_a_status_read_leaves_the_input_and_outputs_out(job_store: JobStore) -> None:
     big = {"prompt": "p", "image_urls": ["https://example.com/" + "x" * 100_000]}
     job = job_store.submit("key-a", MODEL, big, max_queued=10)
-    status = job_store.get_status(job.id, "key-a")
+    status, position = job_store.get_status(job.id, "key-a")
     assert (status.id, status.seq, status.state, status.created_at) == (job.id, job.seq, job.state, job.created_at)
-    assert status.input == {} and status.outputs == []
+    assert status.input == {} and status.outputs == [] and position == 0
     assert job_store.get_status(job.id, "key-b") is None
 
 

@@ -102,14 +102,17 @@ def _issued_url(request: Request, key: str) -> str:
     return base_url(request) + request.app.state.runtime.signer.signed_path(key)
 
 
-def own_job(request: Request, request_id: str, key_id: str, *, status_only: bool = False) -> Job:
-    """This key's job; with `status_only`, without its input and outputs (see JobStore.get_status)."""
-    store = request.app.state.runtime.store
-    job = store.get_status(request_id, key_id) if status_only else store.get(request_id, key_id=key_id)
+def own_job(request: Request, request_id: str, key_id: str) -> Job:
+    """This key's job, or 404."""
+    job = request.app.state.runtime.store.get(request_id, key_id=key_id)
     if job is None:
-        request.app.state.guesses.miss(key_id, request_id)
-        raise NotFound(f"No request {request_id!r} for this API key.")
+        raise not_found(request, request_id, key_id)
     return job
+
+
+def not_found(request: Request, request_id: str, key_id: str) -> NotFound:
+    request.app.state.guesses.miss(key_id, request_id)  # (unknown ids are rate-limited per key)
+    return NotFound(f"No request {request_id!r} for this API key.")
 
 
 @router.get("/", include_in_schema=False)
@@ -272,9 +275,13 @@ def list_requests(
 
 @router.get("/v1/requests/{request_id}/status", response_model=StatusResponse, tags=["requests"], responses=ERRORS)
 async def status(request: Request, runtime: RuntimeDep, request_id: str, key_id: KeyId) -> StatusResponse:
-    # The hottest route: its reads in one thread-pool call, the rest on the event loop.
+    # The hottest route: its reads in one thread-pool call on one connection, the rest on the event loop.
     def read() -> dict:
-        return _status_fields(request, runtime, own_job(request, request_id, key_id, status_only=True))
+        found = runtime.store.get_status(request_id, key_id)
+        if found is None:
+            raise not_found(request, request_id, key_id)
+        job, position = found
+        return render.status_fields(job, base_url(request), position)
 
     return StatusResponse(**await run_in_threadpool(read))
 

@@ -72,7 +72,7 @@ def fair_queue(
     return fair_order([q for q in queued if q.key_id not in keys.full], keys.last_started, keys.priority)
 
 
-def last_started(conn: sa.Connection, keys: list[str], model_ids: list[str]) -> dict[str, datetime]:
+def _last_started(conn: sa.Connection, keys: list[str], model_ids: list[str]) -> dict[str, datetime]:
     """When each key last had a job of `model_ids` start (keys never served are left out).
 
     One index lookup per key and model (`ix_jobs_key_started`), not a scan of each key's
@@ -113,7 +113,7 @@ def _key_states(
     if not keys:
         return None
     keys_ = sorted(keys)
-    started = last_started(conn, keys_, ids)
+    started = _last_started(conn, keys_, ids)
     limits = {r.key_id: r for r in conn.execute(sa.select(key_limits_table).where(_L.key_id.in_(keys_)))}
     # Every key's running jobs (few: one per worker), found from the state; filtering on the
     # keys here would let the planner walk each key's whole history instead.

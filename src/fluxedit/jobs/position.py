@@ -3,33 +3,45 @@
 A status poll asks where one job stands. Ordering the whole queue (`fairness.fair_queue`)
 costs the queue's length; this applies `fairness.fair_order`'s rule to each key's queued
 count (the counters of fluxedit.jobs.queue_counts) and the job's rank among its own key's
-queued jobs, so a job answers in one statement with 100k jobs of other keys queued (plus
-each key's last start when other keys have a job in its round). What stays linear is the
-rank: a count of the caller's own older queued jobs. A test holds it equal to `fair_queue`.
+queued jobs, so a job answers in one statement with 100k jobs of other keys queued (and a
+second only when two keys tie for its round). What stays linear is the rank: a count of
+the caller's own older queued jobs. A test holds it equal to `fair_queue`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 
-from fluxedit.jobs.fairness import last_started, naive
+from fluxedit.jobs.db import UTCDateTime
+from fluxedit.jobs.fairness import naive
 from fluxedit.jobs.state import JobState
 
 # Each key with in_queue jobs of the model (its counter, fluxedit.jobs.queue_counts), with its
-# limits, its running jobs and, once, the caller's rank among its own queued jobs (this job is
+# limits, its running jobs, when it last had a job of the model start (an index seek on
+# ix_jobs_key_started) and, once, the caller's rank among its own queued jobs (this job is
 # its key's rank-th oldest: it is in round `rank`).
 _KEYS = sa.text("""
 WITH running AS (SELECT key_id, count(*) AS n FROM jobs WHERE state = :running GROUP BY key_id)
 SELECT c.key_id, c.queued, l.priority, l.max_running, coalesce(r.n, 0) AS running,
+       (SELECT max(s.started_at) FROM jobs s WHERE s.key_id = c.key_id AND s.model_id = :model_id) AS last_started,
        (SELECT count(*) FROM jobs
         WHERE state = :queued AND model_id = :model_id AND key_id = :key_id AND seq <= :seq) AS rank
 FROM queue_counts c
 LEFT JOIN key_limits l ON l.key_id = c.key_id
 LEFT JOIN running r ON r.key_id = c.key_id
 WHERE c.model_id = :model_id AND c.queued > 0
-""")
+""").columns(
+    sa.column("key_id"),
+    sa.column("queued"),
+    sa.column("priority"),
+    sa.column("max_running"),
+    sa.column("running"),
+    sa.column("last_started", UTCDateTime),  # (SQLite gives it as text)
+    sa.column("rank"),
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,7 @@ class _Key:
     queued: int
     priority: int
     full: bool  # at its max_running: its queued jobs wait, and are in no one's way
+    last_started: datetime  # naive UTC; NEVER for a key never served
 
 
 def queue_position(conn: sa.Connection, seq: int, key_id: str, model_id: str) -> int:
@@ -48,7 +61,7 @@ def queue_position(conn: sa.Connection, seq: int, key_id: str, model_id: str) ->
     """
     params = {"queued": JobState.in_queue.value, "running": JobState.in_progress.value, "model_id": model_id}
     rows = conn.execute(_KEYS, {**params, "key_id": key_id, "seq": seq}).all()
-    keys = {row.key_id: _Key(row.queued, row.priority or 0, _is_full(row)) for row in rows}
+    keys = {row.key_id: _Key(row.queued, row.priority or 0, _is_full(row), naive(row.last_started)) for row in rows}
     others = {key: k for key, k in keys.items() if key != key_id and not k.full}
     rank = rows[0].rank if rows else 0
     if key_id not in keys or keys[key_id].full or rank == 0:  # waits behind every key that can start
@@ -63,26 +76,16 @@ def queue_position(conn: sa.Connection, seq: int, key_id: str, model_id: str) ->
         before += min(theirs.queued, rank - 1)  # their jobs of the earlier rounds
         if theirs.queued >= rank:
             same_round.append(other)
-    return before + _first_in_round(conn, params, key_id, same_round, rank, seq)
+    # Of those, the ones served less recently go first; as recently, the one with the older job.
+    for other in same_round:
+        theirs = keys[other].last_started
+        if theirs < mine.last_started or (theirs == mine.last_started and _nth_seq(conn, params, other, rank) < seq):
+            before += 1
+    return before
 
 
 def _is_full(row: sa.Row) -> bool:
     return row.max_running is not None and row.running >= row.max_running
-
-
-def _first_in_round(conn: sa.Connection, params: dict, key_id: str, others: list[str], rank: int, seq: int) -> int:
-    """How many of `others` (keys with a job in this job's round) start theirs first: those served
-    less recently than `key_id`, or as recently, with an older job."""
-    if not others:  # (one key queued, the common case: no more queries)
-        return 0
-    last = last_started(conn, [key_id, *others], [params["model_id"]])
-    mine = naive(last.get(key_id))
-    first = 0
-    for other in others:
-        theirs = naive(last.get(other))
-        if theirs < mine or (theirs == mine and _nth_seq(conn, params, other, rank) < seq):
-            first += 1
-    return first
 
 
 _NTH_SEQ = sa.text(

@@ -166,12 +166,18 @@ class JobStore(Leases):
             row = conn.execute(query).one_or_none()
         return Job.from_row(row) if row else None
 
-    def get_status(self, job_id: str, key_id: str) -> Job | None:
-        """This key's job as a status answer needs it: its input and outputs (which may be
-        large) are not read, and are left empty."""
+    def get_status(self, job_id: str, key_id: str) -> tuple[Job, int | None] | None:
+        """This key's job as a status answer needs it, and its queue position when in_queue (see
+        `queue_position`), on one connection. Its input and outputs (which may be large) are not
+        read, and are left empty."""
         with self._read() as conn:
             row = conn.execute(_GET_STATUS, {"job_id": job_id, "key_id": key_id}).one_or_none()
-        return Job.from_row(row, input={}) if row else None
+            if row is None:
+                return None
+            job = Job.from_row(row, input={})
+            if job.state != JobState.in_queue:
+                return job, None
+            return job, queue_position(conn, job.seq, job.key_id, job.model_id)
 
     def list_jobs(self, key_id: str, limit: int = 20, cursor: str | None = None) -> tuple[list[Job], str | None]:
         """This key's jobs, newest first; pass the returned cursor to get the next page (None: no more)."""
