@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,9 @@ queue_counts_table = sa.Table(
 )
 
 
+_WRITERS = "fluxedit_writers"
+
+
 def open_database(database_url: str) -> Engine:
     """A SQLAlchemy engine for `database_url`, set up for several threads and processes.
 
@@ -192,7 +196,12 @@ def open_database(database_url: str) -> Engine:
         if conn.get_execution_options().get("fluxedit_write"):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-    return engine
+    # This process's writers take turns on a lock (carried as an execution option, so every
+    # store on this engine shares it): a writer waiting there wakes the moment the last one
+    # commits, where SQLite's busy handler sleeps 1 to 100 ms between tries; under concurrent
+    # submits most of the time went to those sleeps. Other processes on the same file still
+    # wait in the busy handler.
+    return engine.execution_options(**{_WRITERS: threading.Lock()})
 
 
 def _use_wal(cursor: Any) -> None:
@@ -294,7 +303,7 @@ class Database:
     def _write(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
             conn.execution_options(fluxedit_write=True)
-            with conn.begin():
+            with conn.get_execution_options().get(_WRITERS) or nullcontext(), conn.begin():
                 yield conn
 
     def dispose(self) -> None:

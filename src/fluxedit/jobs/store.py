@@ -55,8 +55,12 @@ def _decode_cursor(cursor: str) -> int:
 _J = jobs_table.c
 _QC = queue_counts_table.c
 _STATUS_COLUMNS = [column for column in jobs_table.c if column.name not in ("input", "outputs", "timings")]
-# Built once: a status poll binds two values instead of building (and coercing) a new statement.
+# Built once, for the hot paths: a status poll or a submit binds values instead of building
+# (and coercing) a new statement each time.
 _GET_STATUS = sa.select(*_STATUS_COLUMNS).where(_J.id == sa.bindparam("job_id"), _J.key_id == sa.bindparam("key_id"))
+_INSERT_JOB = sa.insert(jobs_table).returning(*jobs_table.c)
+_SUM_QUEUED = sa.select(sa.func.coalesce(sa.func.sum(_QC.queued), 0))
+_QUEUED_OF_MODEL = _SUM_QUEUED.where(_QC.model_id == sa.bindparam("model_id"))
 
 
 class JobStore(Leases):
@@ -118,7 +122,7 @@ class JobStore(Leases):
         )
         try:
             with self._write() as conn:
-                row = conn.execute(sa.insert(jobs_table).values(**values).returning(*jobs_table.c)).one()
+                row = conn.execute(_INSERT_JOB, values).one()
         except sa.exc.IntegrityError:
             # Another request with the same idempotency key won the race.
             existing = self._by_idempotency_key(key_id, idempotency_key) if idempotency_key else None
@@ -220,7 +224,8 @@ class JobStore(Leases):
 
     def queued_count(self, model_id: str) -> int:
         """`model_id`'s in_queue jobs."""
-        return self._sum_queued(_QC.model_id == model_id)
+        with self._read() as conn:  # (every submit asks: its statement is built once)
+            return int(conn.execute(_QUEUED_OF_MODEL, {"model_id": model_id}).scalar_one())
 
     def queued_counts(self) -> dict[str, int]:
         """Model id -> its in_queue jobs, for every model with any: one query."""
@@ -234,7 +239,7 @@ class JobStore(Leases):
 
     def _sum_queued(self, which: sa.ColumnElement[bool]) -> int:
         with self._read() as conn:
-            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(_QC.queued), 0)).where(which)).scalar_one())
+            return int(conn.execute(_SUM_QUEUED.where(which)).scalar_one())
 
     def queued_jobs(self) -> list[tuple[str, str]]:
         """(id, model_id) of every in_queue job, oldest first."""
