@@ -156,12 +156,11 @@ def test_a_limit_raised_with_keys_update_holds_on_a_running_server_within_the_ca
     assert answer.status_code == 200, answer.text
 
 
-def test_the_limits_cache_is_bounded_in_entries(monkeypatch) -> None:
-    from fluxedit.jobs import limits_cache
-    from fluxedit.jobs.key_limits import KeyLimits
+def test_the_caches_are_bounded_in_entries() -> None:
+    from fluxedit.jobs.ttl_cache import TtlCache
 
-    monkeypatch.setattr(limits_cache, "MAX_ENTRIES", 3)
-    cache = LimitsCache(lambda key_id: KeyLimits(), ttl_s=60.0)
+    cache = TtlCache(ttl_s=60.0, max_entries=3)
     for n in range(10):
-        cache.limits_of(f"key{n}")
-        assert len(cache._known) <= 3
+        cache.put(f"key{n}", n, stamp=cache.stamp())
+        assert cache.get(f"key{n}") == n
+        assert sum(cache.get(f"key{m}") is not None for m in range(n + 1)) <= 3
