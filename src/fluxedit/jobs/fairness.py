@@ -42,6 +42,12 @@ def fair_order(queued: Iterable[Queued], last_started: dict[str, datetime], prio
     return [job for _, job in sorted(keyed, key=lambda pair: pair[0])]
 
 
+def at_max_running(own_max: int | None, running: int, default_max: int | None = None) -> bool:
+    """Whether a key runs as many jobs as it may (its own max_running, else the default): its queued jobs wait."""
+    cap = own_max if own_max is not None else default_max
+    return cap is not None and running >= cap
+
+
 def naive(moment: datetime | None) -> datetime:
     # Compared with NEVER, which has no zone; the store's times are all UTC.
     return NEVER if moment is None else moment.replace(tzinfo=None)
@@ -122,12 +128,11 @@ def _key_states(
             sa.select(_J.key_id, sa.func.count()).where(_J.state == JobState.in_progress.value).group_by(_J.key_id)
         ).all()
     )
-    full = set()
-    for key in keys_:
-        own = limits[key].max_running if key in limits else None
-        cap = own if own is not None else default_max_running
-        if cap is not None and running.get(key, 0) >= cap:
-            full.add(key)
+    full = {
+        key
+        for key in keys_
+        if at_max_running(limits[key].max_running if key in limits else None, running.get(key, 0), default_max_running)
+    }
     return _KeyStates(
         last_started=started,
         priority={k: r.priority for k, r in limits.items() if r.priority is not None},

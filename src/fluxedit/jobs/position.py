@@ -16,7 +16,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from fluxedit.jobs.db import UTCDateTime
-from fluxedit.jobs.fairness import naive
+from fluxedit.jobs.fairness import at_max_running, naive
 from fluxedit.jobs.state import JobState
 
 # Each key with in_queue jobs of the model (its counter, fluxedit.jobs.queue_counts), with its
@@ -61,31 +61,29 @@ def queue_position(conn: sa.Connection, seq: int, key_id: str, model_id: str) ->
     """
     params = {"queued": JobState.in_queue.value, "running": JobState.in_progress.value, "model_id": model_id}
     rows = conn.execute(_KEYS, {**params, "key_id": key_id, "seq": seq}).all()
-    keys = {row.key_id: _Key(row.queued, row.priority or 0, _is_full(row), naive(row.last_started)) for row in rows}
+    keys = {
+        row.key_id: _Key(
+            row.queued, row.priority or 0, at_max_running(row.max_running, row.running), naive(row.last_started)
+        )
+        for row in rows
+    }
     others = {key: k for key, k in keys.items() if key != key_id and not k.full}
     rank = rows[0].rank if rows else 0
     if key_id not in keys or keys[key_id].full or rank == 0:  # waits behind every key that can start
         return sum(k.queued for k in others.values())
     mine = keys[key_id]
     before = rank - 1
-    same_round = []  # other keys with a job in this job's round, at its priority
     for other, theirs in others.items():
         if theirs.priority != mine.priority:
             before += theirs.queued if theirs.priority > mine.priority else 0
             continue
         before += min(theirs.queued, rank - 1)  # their jobs of the earlier rounds
-        if theirs.queued >= rank:
-            same_round.append(other)
-    # Of those, the ones served less recently go first; as recently, the one with the older job.
-    for other in same_round:
-        theirs = keys[other].last_started
-        if theirs < mine.last_started or (theirs == mine.last_started and _nth_seq(conn, params, other, rank) < seq):
-            before += 1
+        if theirs.queued >= rank:  # and one in this job's round: it goes first if they were served
+            # less recently, or as recently and it is the older job
+            tie = theirs.last_started == mine.last_started
+            if theirs.last_started < mine.last_started or (tie and _nth_seq(conn, params, other, rank) < seq):
+                before += 1
     return before
-
-
-def _is_full(row: sa.Row) -> bool:
-    return row.max_running is not None and row.running >= row.max_running
 
 
 _NTH_SEQ = sa.text(

@@ -61,6 +61,7 @@ _GET_STATUS = sa.select(*_STATUS_COLUMNS).where(_J.id == sa.bindparam("job_id"),
 _INSERT_JOB = sa.insert(jobs_table).returning(*jobs_table.c)
 _SUM_QUEUED = sa.select(sa.func.coalesce(sa.func.sum(_QC.queued), 0))
 _QUEUED_OF_MODEL = _SUM_QUEUED.where(_QC.model_id == sa.bindparam("model_id"))
+_QUEUED_OF_KEY = _SUM_QUEUED.where(_QC.key_id == sa.bindparam("key_id"))
 
 
 class JobStore(Leases):
@@ -224,7 +225,7 @@ class JobStore(Leases):
 
     def queued_count(self, model_id: str) -> int:
         """`model_id`'s in_queue jobs."""
-        with self._read() as conn:  # (every submit asks: its statement is built once)
+        with self._read() as conn:
             return int(conn.execute(_QUEUED_OF_MODEL, {"model_id": model_id}).scalar_one())
 
     def queued_counts(self) -> dict[str, int]:
@@ -235,11 +236,8 @@ class JobStore(Leases):
 
     def queued_count_for_key(self, key_id: str) -> int:
         """This key's in_queue jobs, all models together (its max_queued limit)."""
-        return self._sum_queued(_QC.key_id == key_id)
-
-    def _sum_queued(self, which: sa.ColumnElement[bool]) -> int:
         with self._read() as conn:
-            return int(conn.execute(_SUM_QUEUED.where(which)).scalar_one())
+            return int(conn.execute(_QUEUED_OF_KEY, {"key_id": key_id}).scalar_one())
 
     def queued_jobs(self) -> list[tuple[str, str]]:
         """(id, model_id) of every in_queue job, oldest first."""
