@@ -41,12 +41,12 @@ class LocalStorage:
 
     def put_file(self, key: str, file: BinaryIO, content_type: str) -> None:
         type_path, path = self._type_path(key), self._path(key)
+        implied = content_type == guess_content_type(key)
         with self._no_room_is_507():
-            if content_type != guess_content_type(key):
+            if not implied:
                 _write_atomic(type_path, io.BytesIO(content_type.encode()))
-                _write_atomic(path, file)
-                return
             _write_atomic(path, file)
+        if implied:
             # A put over a key once stored with another type: its sidecar would now lie. Removed after
             # the object is in place, so a failed (e.g. full-disk) put leaves the old pair consistent.
             type_path.unlink(missing_ok=True)
